@@ -1,0 +1,112 @@
+// Helpers shared by the tests of lowbit/io: a private temporary folder, crafted safetensors images, file
+// contents, and the error expectation every validation test uses.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "lowbit/core/error.hpp"
+#include "lowbit/io/atomic_file.hpp"
+
+namespace lowbit::io::test {
+
+// A fresh folder under the system temp folder, removed with everything in it at scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "lowbit-io-test-XXXXXX").string();
+    std::vector<char> name(pattern.begin(), pattern.end());
+    name.push_back('\0');
+    if (::mkdtemp(name.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
+    path_ = name.data();
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(std::string_view name) const { return path_ / name; }
+  // Names of the entries in the folder, sorted.
+  std::vector<std::string> listing() const {
+    std::vector<std::string> names;
+    for (const auto& entry : std::filesystem::directory_iterator(path_)) names.push_back(entry.path().filename());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Restores "no injected failure" however a test ends.
+struct FailWritesGuard {
+  explicit FailWritesGuard(std::int64_t bytes) { testing::fail_writes_after_bytes(bytes); }
+  ~FailWritesGuard() { testing::fail_writes_after_bytes(-1); }
+};
+
+inline std::vector<std::byte> to_bytes(std::string_view text) {
+  std::vector<std::byte> out(text.size());
+  if (!text.empty()) std::memcpy(out.data(), text.data(), text.size());
+  return out;
+}
+
+// A safetensors image: `declared_length` (the u64 N) + `header` + `data_bytes` bytes of data (value i & 0xff).
+inline std::vector<std::byte> make_image(std::string_view header, std::size_t data_bytes,
+                                         std::uint64_t declared_length) {
+  std::vector<std::byte> out(8);
+  std::memcpy(out.data(), &declared_length, 8);
+  const std::vector<std::byte> h = to_bytes(header);
+  out.insert(out.end(), h.begin(), h.end());
+  for (std::size_t i = 0; i < data_bytes; ++i) out.push_back(static_cast<std::byte>(i & 0xff));
+  return out;
+}
+inline std::vector<std::byte> make_image(std::string_view header, std::size_t data_bytes = 0) {
+  return make_image(header, data_bytes, header.size());
+}
+
+inline void write_bytes(const std::filesystem::path& path, std::span<const std::byte> bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+inline void write_text(const std::filesystem::path& path, std::string_view text) { write_bytes(path, to_bytes(text)); }
+
+inline std::vector<std::byte> read_bytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path.string());
+  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::byte> out(chars.size());
+  if (!chars.empty()) std::memcpy(out.data(), chars.data(), chars.size());
+  return out;
+}
+
+// Runs `body`, requires it to throw lowbit::Error with `code`, and returns the message ("" when it did not
+// throw, after recording the failure).
+template <typename Body>
+std::string error_message(ErrorCode code, Body&& body) {
+  try {
+    body();
+  } catch (const Error& e) {
+    EXPECT_EQ(to_string(e.code()), to_string(code)) << "message: " << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "expected lowbit::Error{" << to_string(code) << "}, nothing was thrown";
+  return {};
+}
+
+}  // namespace lowbit::io::test
