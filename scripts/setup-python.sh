@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Makes .venv with the ecosystem's Python packages that the interoperability tests compare against.
-# Optional for users (those tests skip without it); .ci/run always runs it.
+#   scripts/setup-python.sh              numpy + safetensors (small)
+#   scripts/setup-python.sh --reference  also torch, bitsandbytes, hqq, transformers (~4.5 GB, a few minutes)
+# Optional for users (those tests report "skipped" without it); .ci/run runs it with --reference.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$root/.venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/tests/interop/requirements.txt"
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" -r "$root/tests/interop/requirements.txt"
+if [ "${1:-}" = "--reference" ]; then
+  "${pip[@]}" -r "$root/tests/interop/requirements-reference.txt"
+fi

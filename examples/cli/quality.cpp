@@ -26,7 +26,7 @@ struct Setting {
 
 // The list, in its order; each starts from the method's reference defaults.
 const Setting kSettings[] = {
-    {"int8 per-row (absmax)", "affine", [](quant::QuantParams& p) { p.bits = 8; p.group_size = -1; p.variant = "absmax"; }},
+    {"int8 per-row (absmax)", "affine", [](quant::QuantParams& p) { p.bits = 8; p.group_size = -1; p.symmetric = true; p.variant = "absmax:f32"; }},
     {"LLM.int8() weights", "llm_int8", [](quant::QuantParams&) {}},
     {"bnb blockwise 8-bit (dynamic, 4096)", "bnb8", [](quant::QuantParams&) {}},
     {"RTN 4-bit g32", "affine", [](quant::QuantParams& p) { p.bits = 4; p.group_size = 32; }},
@@ -40,6 +40,18 @@ const Setting kSettings[] = {
     {"HQQ 2-bit g16", "hqq", [](quant::QuantParams& p) { p.bits = 2; p.group_size = 16; }},
     {"RTN 2-bit g32", "affine", [](quant::QuantParams& p) { p.bits = 2; p.group_size = 32; }},
 };
+
+// Storage in bits: every component as stored, except unpacked codes (one per byte, as affine keeps them
+// until a kernel repacks them), which count `bits` each, as every packed format (GPTQ, AWQ, kernels) stores them.
+double storage_bits(const quant::QuantizedTensor& q) {
+  double bits = 0;
+  for (const auto& [name, t] : q.components) {
+    const bool unpacked_codes = name == "codes" && t.dtype() == DType::U8 && q.params.bits > 0 && q.params.bits < 8 &&
+                                t.numel() == q.shape.numel();
+    bits += unpacked_codes ? static_cast<double>(t.numel()) * q.params.bits : static_cast<double>(t.nbytes()) * 8.0;
+  }
+  return bits;
+}
 
 struct QualityOptions {
   std::string model;
@@ -89,7 +101,7 @@ void run_quality(const QualityOptions& o) {
     quant::QuantParams params = info->defaults;
     s.adjust(params);
     double signal = 0, noise = 0, seconds = 0;
-    std::uint64_t bytes = 0;
+    double stored_bits = 0;
     std::string note;
     std::string failure;
     for (std::size_t i = 0; i < names.size(); ++i) {
@@ -105,7 +117,7 @@ void run_quality(const QualityOptions& o) {
         for (std::int64_t j = 0; j < w.numel(); ++j) sig += static_cast<double>(p[j]) * p[j];
         signal += sig;
         noise += e.relative_frobenius * e.relative_frobenius * sig;
-        bytes += q.storage_bytes();
+        stored_bits += storage_bits(q);
       } catch (const Error& e) {
         failure = fmt::format("{}: {}", names[i], e.what());
         break;
@@ -128,7 +140,7 @@ void run_quality(const QualityOptions& o) {
     }
     fmt::print("| {} | `{}` bits={} group={} | {:.4e} | {:.2f} | {:.3f} | {:.2f} | {} |\n", s.label, info->name,
                params.bits, params.group_size, std::sqrt(noise / signal), 10.0 * std::log10(signal / noise),
-               static_cast<double>(bytes) * 8.0 / static_cast<double>(total), seconds, note.empty() ? "-" : note);
+               stored_bits / static_cast<double>(total), seconds, note.empty() ? "-" : note);
   }
 }
 

@@ -30,7 +30,8 @@ struct MethodAlias {
 constexpr MethodAlias kAliases[] = {
     {"rtn", "affine", [](quant::QuantParams& p) { p.bits = 4; p.group_size = 128; p.symmetric = false; },
      "round-to-nearest k-bit, zero-point per group (the baseline; default 4 bits, group 128)"},
-    {"int8", "affine", [](quant::QuantParams& p) { p.bits = 8; p.group_size = -1; p.symmetric = true; },
+    {"int8", "affine",
+     [](quant::QuantParams& p) { p.bits = 8; p.group_size = -1; p.symmetric = true; p.variant = "absmax:f32"; },
      "absmax int8, one scale per output row"},
     {"llm-int8", "llm_int8", [](quant::QuantParams&) {}, "LLM.int8(): row-wise int8 weights, outliers at run time"},
 };

@@ -2,6 +2,12 @@
 
 #include <fmt/format.h>
 
+#include "lowbit/quant/affine.hpp"
+#include "lowbit/quant/bnb8.hpp"
+#include "lowbit/quant/hqq.hpp"
+#include "lowbit/quant/llm_int8.hpp"
+#include "lowbit/quant/nf4.hpp"
+
 namespace lowbit::quant {
 
 const std::vector<MethodInfo>& methods() {
@@ -9,6 +15,12 @@ const std::vector<MethodInfo>& methods() {
   // objects, and with them any registration done by static constructors.
   static const std::vector<MethodInfo> all = [] {
     std::vector<MethodInfo> v;
+    v.push_back(affine_method_info());
+    v.push_back(bnb8_method_info());
+    v.push_back(nf4_method_info());
+    v.push_back(fp4_method_info());
+    v.push_back(hqq_method_info());
+    v.push_back(llm_int8_method_info());
     return v;
   }();
   return all;

@@ -1,0 +1,61 @@
+// CPU throughput of NF4/FP4 quantization (bitsandbytes' 4-bit, block 64) on fp16 weights of Llama-7B
+// shapes; bench/nf4_reference.py times bitsandbytes' own CPU quantize_4bit / dequantize_4bit on the same
+// matrices. Bytes processed = the fp16 weight's bytes, for quantize and dequantize alike (dequantize
+// writes the fp32 reference; bitsandbytes writes fp16).
+//
+//     LOWBIT_NUM_THREADS=2 build/bin/lowbit_bench --benchmark_filter=Nf4
+//     python3 bench/nf4_reference.py
+#include <benchmark/benchmark.h>
+
+#include <map>
+#include <random>
+#include <utility>
+
+#include "lowbit/core/tensor.hpp"
+#include "lowbit/quant/nf4.hpp"
+
+namespace {
+
+using lowbit::DType;
+using lowbit::Tensor;
+using namespace lowbit::quant;
+
+const Tensor& weight(std::int64_t n, std::int64_t k) {
+  static std::map<std::pair<std::int64_t, std::int64_t>, Tensor> cache;
+  auto it = cache.find({n, k});
+  if (it == cache.end()) {
+    Tensor t = Tensor::empty({n, k}, DType::F32);
+    std::mt19937 rng(7);
+    std::normal_distribution<float> dist(0.0f, 0.02f);
+    float* p = t.data<float>();
+    for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng);
+    it = cache.emplace(std::make_pair(n, k), t.to(DType::F16)).first;
+  }
+  return it->second;
+}
+
+void BM_Nf4Quantize(benchmark::State& state, std::int64_t n, std::int64_t k, Nf4Type type, bool double_quant) {
+  const Tensor& w = weight(n, k);
+  const Nf4Config config{type, 64, double_quant};
+  for (auto _ : state) benchmark::DoNotOptimize(quantize_nf4(w, config).components.size());
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(w.nbytes()));
+}
+
+void BM_Nf4Dequantize(benchmark::State& state, std::int64_t n, std::int64_t k, Nf4Type type, bool double_quant) {
+  const Tensor& w = weight(n, k);
+  const QuantizedTensor q = quantize_nf4(w, {type, 64, double_quant});
+  for (auto _ : state) benchmark::DoNotOptimize(dequantize_nf4_reference(q).raw_data());
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(w.nbytes()));
+}
+
+#define LOWBIT_NF4_BENCH(fn, shape, n, k)                                                                      \
+  BENCHMARK_CAPTURE(fn, nf4_##shape, n, k, Nf4Type::NF4, false)->Unit(benchmark::kMillisecond)->UseRealTime(); \
+  BENCHMARK_CAPTURE(fn, nf4_dq_##shape, n, k, Nf4Type::NF4, true)->Unit(benchmark::kMillisecond)->UseRealTime(); \
+  BENCHMARK_CAPTURE(fn, fp4_##shape, n, k, Nf4Type::FP4, false)->Unit(benchmark::kMillisecond)->UseRealTime()
+
+LOWBIT_NF4_BENCH(BM_Nf4Quantize, 4096x4096, 4096, 4096);
+LOWBIT_NF4_BENCH(BM_Nf4Quantize, 11008x4096, 11008, 4096);
+LOWBIT_NF4_BENCH(BM_Nf4Dequantize, 4096x4096, 4096, 4096);
+LOWBIT_NF4_BENCH(BM_Nf4Dequantize, 11008x4096, 11008, 4096);
+
+}  // namespace

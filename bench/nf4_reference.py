@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Times bitsandbytes' CPU 4-bit quantization on the matrices bench/nf4_bench.cpp uses: fp16 N(0, 0.02)
+weights of 4096x4096 and 11008x4096, block 64, two threads (torch.set_num_threads(2)). Prints GB/s of fp16
+weight per second, the unit lowbit_bench reports.
+
+    quantize_4bit     nf4, nf4 + double quant (compress_statistics), fp4: on a CPU tensor bitsandbytes
+                      runs its PyTorch reference kernel (backends/default) and, for double quantization,
+                      its C++ CPU quantize_blockwise
+    dequantize_4bit   into fp16 (the weight's dtype), bitsandbytes' C++ CPU kernel
+
+    pip install bitsandbytes torch
+    python3 bench/nf4_reference.py [--repeat 5]
+"""
+import argparse
+import time
+
+import torch
+
+import bitsandbytes
+import bitsandbytes.functional as F
+
+
+def best_seconds(fn, repeat):
+    fn()  # warm-up (and torch.compile, where bitsandbytes uses it)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeat", type=int, default=5)
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    print(f"bitsandbytes {bitsandbytes.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    g = torch.Generator().manual_seed(7)
+    for n, k in ((4096, 4096), (11008, 4096)):
+        w = (torch.randn(n, k, generator=g) * 0.02).to(torch.float16)
+        nbytes = w.numel() * 2
+        for name, qt, dq in (("nf4", "nf4", False), ("nf4_dq", "nf4", True), ("fp4", "fp4", False)):
+            t = best_seconds(lambda: F.quantize_4bit(w, blocksize=64, quant_type=qt, compress_statistics=dq),
+                             args.repeat)
+            print(f"quantize_4bit   {name:7s} {n}x{k}: {t * 1e3:8.1f} ms  {nbytes / t / 1e9:6.2f} GB/s", flush=True)
+            q, state = F.quantize_4bit(w, blocksize=64, quant_type=qt, compress_statistics=dq)
+            t = best_seconds(lambda: F.dequantize_4bit(q, state), args.repeat)
+            print(f"dequantize_4bit {name:7s} {n}x{k}: {t * 1e3:8.1f} ms  {nbytes / t / 1e9:6.2f} GB/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
