@@ -18,6 +18,17 @@ tmp=$(mktemp)
   echo "packed format stores it. Quantize time is the CPU time of all weights on this machine ($(nproc) cores)."
   echo
   "$root/build/bin/lowbit" quality "$model"
+  cat <<'NOTE'
+
+What the settings did with K = 288 (every projection but `down_proj`), which 64 and 128 do not divide:
+- RTN g128: each row has groups of 128, 128 and a last group of 32 (the GPTQ reference's rule); formats
+  that need whole groups (packed kernels, GPTQ/AWQ checkpoints) refuse such a tensor with an error naming
+  K and the group size (`affine_require_whole_groups`).
+- HQQ g64 (axis 1): HQQ groups the flattened weight, so 288 x 768 / 64 groups of 64 are formed and some
+  groups span two rows, exactly as the hqq package does; no padding.
+- NF4/FP4/bnb8: blocks run over the flattened tensor, so K plays no part (the last block may be short).
+- Per-row settings (int8, LLM.int8()) are unaffected.
+NOTE
 } > "$tmp"
 mv "$tmp" "$out"
 echo "wrote $out"

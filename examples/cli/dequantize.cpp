@@ -74,8 +74,8 @@ void run_compare(const CompareOptions& o) {
     double bits_per_weight;
   };
   std::vector<Row> rows;
-  double signal = 0, noise = 0;
-  std::uint64_t weights = 0, stored_bytes = 0;
+  double signal = 0, noise = 0, q_signal = 0, q_noise = 0;
+  std::uint64_t weights = 0, stored_bytes = 0, q_weights = 0, q_bytes = 0;
   for (const auto& name : ref.names()) {
     const auto& info = ref.info(name);
     if (!is_floating(info.dtype)) continue;
@@ -107,6 +107,12 @@ void run_compare(const CompareOptions& o) {
     signal += sig;
     noise += s.relative_frobenius * s.relative_frobenius * sig;
     weights += static_cast<std::uint64_t>(a.numel());
+    if (quantized.count(name)) {
+      q_signal += sig;
+      q_noise += s.relative_frobenius * s.relative_frobenius * sig;
+      q_weights += static_cast<std::uint64_t>(a.numel());
+      q_bytes += static_cast<std::uint64_t>(bpw * static_cast<double>(a.numel()) / 8.0);
+    }
     rows.push_back({name, how, s, bpw});
   }
   LOWBIT_CHECK(!rows.empty(), ErrorCode::InvalidArgument, "compare: '{}' and '{}' share no float tensor", o.reference,
@@ -138,6 +144,11 @@ void run_compare(const CompareOptions& o) {
   for (const auto& r : rows) {
     fmt::print("{:<{}}  {:<10}  {:>12.4e}  {:>9.2f}  {:>11.4e}  {:>6.3f}\n", r.name, width, r.how,
                r.stats.relative_frobenius, r.stats.snr_db, r.stats.max_abs, r.bits_per_weight);
+  }
+  if (q_weights > 0) {
+    fmt::print("quantized: {} tensors, relative error {:.4e}, SNR {:.2f} dB, {:.3f} bits per weight\n", quantized.size(),
+               std::sqrt(q_noise / q_signal), 10.0 * std::log10(q_signal / q_noise),
+               static_cast<double>(q_bytes) * 8.0 / static_cast<double>(q_weights));
   }
   fmt::print("total: {} tensors, relative error {:.4e}, SNR {:.2f} dB, {:.3f} bits per weight\n", rows.size(),
              total_rel, total_snr, total_bpw);

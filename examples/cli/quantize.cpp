@@ -198,10 +198,17 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--group-size", o->group_size, "Elements per scale along k; -1 per row, 0 per tensor");
   cmd->add_option("--block-size", o->block_size, "bitsandbytes formats: elements per absmax block");
   cmd->add_option("--axis", o->axis, "HQQ: axis the groups run along (0 or 1)");
-  cmd->add_flag("--sym,--symmetric,!--asym,!--asymmetric", o->symmetric,
-                "Symmetric (absmax) or zero-point (--asym) codes (method default if omitted)");
-  cmd->add_flag("--double-quant,!--no-double-quant", o->double_quant,
-                "NF4/FP4: quantize the absmax too (bitsandbytes' compress_statistics)");
+  // Flags into plain counters: CLI11 2.1 gives an std::optional<bool> flag a value even when it is absent.
+  auto* sym = cmd->add_flag("--sym,--symmetric")->description("Symmetric codes (zero fixed at 2^(bits-1))");
+  auto* asym = cmd->add_flag("--asym,--asymmetric")->description("Zero-point codes")->excludes(sym);
+  auto* dq = cmd->add_flag("--double-quant")->description("NF4/FP4: quantize the absmax too (bitsandbytes' compress_statistics)");
+  auto* no_dq = cmd->add_flag("--no-double-quant")->description("NF4/FP4: keep the absmax in fp32")->excludes(dq);
+  cmd->parse_complete_callback([o, sym, asym, dq, no_dq] {
+    if (sym->count() > 0) o->symmetric = true;
+    if (asym->count() > 0) o->symmetric = false;
+    if (dq->count() > 0) o->double_quant = true;
+    if (no_dq->count() > 0) o->double_quant = false;
+  });
   cmd->add_option("--threshold", o->threshold, "LLM.int8(): outlier threshold on |x|");
   cmd->add_option("--variant", o->variant, "Method-specific variant (e.g. bnb8: dynamic or linear)");
   cmd->add_option("--include", o->include, fmt::format("Regex of tensor names to quantize (default {})", kDefaultInclude));
