@@ -11,5 +11,7 @@ void register_quantize(CLI::App& app);
 void register_dequantize(CLI::App& app);
 void register_compare(CLI::App& app);
 void register_quality(CLI::App& app);
+void register_perplexity(CLI::App& app);
+void register_generate(CLI::App& app);
 
 }  // namespace lowbit::cli

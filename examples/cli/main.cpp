@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   lowbit::cli::register_dequantize(app);
   lowbit::cli::register_compare(app);
   lowbit::cli::register_quality(app);
+  lowbit::cli::register_perplexity(app);
+  lowbit::cli::register_generate(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
