@@ -3,7 +3,8 @@
 # benchmarks, and print a short summary last. Outputs (logs, bench.json) go to $OUT (default: out/).
 #   scripts/gpu-check.sh                    # architecture 90a (H100/H200)
 #   LOWBIT_CUDA_ARCHS=89 scripts/gpu-check.sh
-# On the device machine: source .device/env.sh first (it provides the Debian packages; see README).
+# On the device machine: source .device/env.sh first; make .device here once with
+#   EXTRA_DEBS=libgmock-dev bash ../shared/device/prepare.sh
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${OUT:-$root/out}
@@ -50,5 +51,5 @@ fi
 
 step "summary"
 grep -E "tests passed|tests failed" "$out/ctest.log"
-for tool in memcheck racecheck; do echo "$tool: $(grep -E 'ERROR SUMMARY' "$out/sanitizer-$tool.log" | tail -n 1)"; done
+for tool in memcheck racecheck; do echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer-$tool.log" | tail -n 1)"; done
 exit $status
