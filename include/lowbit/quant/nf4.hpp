@@ -50,6 +50,7 @@
 #include "lowbit/core/config.hpp"
 #include "lowbit/core/half.hpp"
 #include "lowbit/core/tensor.hpp"
+#include "lowbit/quant/bnb8.hpp"
 #include "lowbit/quant/quantized_tensor.hpp"
 #include "lowbit/quant/registry.hpp"
 
@@ -137,29 +138,10 @@ LOWBIT_HOST_DEVICE constexpr unsigned nf4_type_code(Nf4Type type, float x) noexc
   return type == Nf4Type::NF4 ? nf4_code(x) : fp4_code(x);
 }
 
-// 8-bit code of y in a sorted 256-entry map (the nested absmax quantizer), exactly as the CUDA kernel's
-// dQuantize<0>: a 7-step binary search from index 127, then a midpoint test. Equivalent: the nearest entry;
-// on an exact fp32 midpoint fl32((D[k] + D[k+1]) * 0.5) the EVEN index of the two; NaN gives 0.
-LOWBIT_HOST_DEVICE constexpr std::uint8_t quantize_dynamic8(const float* map, float y) noexcept {
-  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-  float lower = -1.0f, upper = 1.0f;
-  float val = map[pivot];
-  for (int step = 64; step > 0; step >>= 1) {
-    if (y > val) {
-      lower_pivot = pivot;
-      lower = val;
-      pivot += step;
-    } else {
-      upper_pivot = pivot;
-      upper = val;
-      pivot -= step;
-    }
-    val = map[pivot];
-  }
-  if (upper_pivot == 255) upper = map[upper_pivot];
-  if (lower_pivot == 0) lower = map[lower_pivot];
-  if (y > val) return static_cast<std::uint8_t>(y > (upper + val) * 0.5f ? upper_pivot : pivot);
-  return static_cast<std::uint8_t>(y < (lower + val) * 0.5f ? lower_pivot : pivot);
+// 8-bit code of y in a sorted 256-entry map (the nested absmax quantizer): the CUDA kernel's dQuantize<0>,
+// shared with bitsandbytes' blockwise 8-bit (bnb8_encode in bnb8.hpp, where the rule is documented).
+LOWBIT_HOST_DEVICE inline std::uint8_t quantize_dynamic8(const float* map, float y) noexcept {
+  return bnb8_encode(map, y);
 }
 
 // ---- tables ----------------------------------------------------------------------------------------------
