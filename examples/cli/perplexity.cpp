@@ -27,17 +27,9 @@ struct PerplexityOptions {
   int threads = 0;
 };
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  LOWBIT_CHECK(in.good(), ErrorCode::IO, "perplexity: cannot read '{}'", path);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 void run_perplexity(const PerplexityOptions& o) {
   if (o.threads > 0) set_num_threads(o.threads);
-  const std::string text = read_file(o.text);
+  const std::string text = read_text_file(o.text, "perplexity");
   std::string protocol = o.protocol;
   if (protocol == "auto") {
     protocol = text.find("\n<|endoftext|>\n") != std::string::npos ? "per-story" : "windows";

@@ -14,6 +14,7 @@
 #include "lowbit/core/parallel.hpp"
 #include "lowbit/io/formats.hpp"
 #include "lowbit/io/quantized.hpp"
+#include "lowbit/model/layerwise.hpp"
 #include "lowbit/quant/common.hpp"
 #include "lowbit/quant/registry.hpp"
 
@@ -53,6 +54,16 @@ struct QuantizeOptions {
   std::string format = "lowbit";
   int threads = 0;
   double max_shard_gib = 4.0;
+  // Calibration (the layer-by-layer driver)
+  std::string calib;
+  std::int64_t nsamples = 128;
+  std::int64_t seqlen = 0;  // 0: min(2048, max_position_embeddings)
+  std::string calib_split = "windows";
+  std::uint64_t seed = 0;
+  std::string propagation = "quantized";
+  bool no_true_sequential = false;
+  quant::SolverOptions solver;
+  bool act_order = false, static_groups = false, mse = false;
 };
 
 // Default selection: every 2-D "*.weight" but embeddings and the output head.
@@ -118,6 +129,154 @@ std::vector<std::filesystem::path> side_files(const std::filesystem::path& input
   return out;
 }
 
+// What the quantized weights cost, for the closing line.
+struct Tally {
+  std::uint64_t dense_bytes = 0, quant_bytes = 0;
+  std::int64_t weights = 0;
+  std::vector<io::QuantizedEntry> done;
+
+  void add(const io::FormatWriter& writer, io::CheckpointWriter& out, const std::string& name,
+           const quant::QuantizedTensor& q, std::uint64_t dense) {
+    dense_bytes += dense;
+    quant_bytes += q.storage_bytes();
+    weights += q.shape.numel();
+    writer.add(out, name, q);
+    done.push_back({name, q.method, q.params});
+  }
+  void print(double seconds, const io::CheckpointWriter& out, const std::string& output) const {
+    fmt::print("quantized {} tensors ({} weights) in {}: {} -> {} ({:.3f} bits per weight), wrote {} to {}\n",
+               done.size(), with_commas(static_cast<std::uint64_t>(weights)), human_seconds(seconds),
+               human_bytes(dense_bytes), human_bytes(quant_bytes),
+               static_cast<double>(quant_bytes) * 8.0 / static_cast<double>(std::max<std::int64_t>(1, weights)),
+               human_bytes(out.bytes_written()), output);
+  }
+};
+
+// The side files (config.json through the format's writer, tokenizer files), the format's closing entries,
+// then the atomic rename of the finished folder.
+void finish_output(const std::string& input, const io::FormatWriter& writer, io::CheckpointWriter& out,
+                   const std::vector<io::QuantizedEntry>& done) {
+  for (const auto& f : side_files(input)) {
+    if (f.filename() == "config.json") {
+      out.add_text_file("config.json", writer.config_json(f, done));
+    } else {
+      out.add_file(f, f.filename().string());
+    }
+  }
+  writer.finish(out, done);
+  out.finish();
+}
+
+// Writes every input tensor that is not quantized and not yet written; `prefix` limits it to names that start so.
+void copy_through(const io::Checkpoint& in, io::CheckpointWriter& out, const std::set<std::string>& quantized,
+                  std::set<std::string>& written, std::string_view prefix = {}) {
+  for (const auto& name : in.names()) {
+    if (!name.starts_with(prefix) || quantized.count(name) || written.count(name)) continue;
+    out.add(name, in.tensor(name));
+    written.insert(name);
+  }
+}
+
+// The layer-by-layer driver on calibration text: --calib, and every calibration-based method.
+void run_calibrated(const QuantizeOptions& o, const quant::MethodInfo& info, const quant::QuantParams& params,
+                    const io::FormatWriter& writer, const io::Checkpoint& in, const std::set<std::string>& to_quantize) {
+  LOWBIT_CHECK(!o.calib.empty(), ErrorCode::InvalidArgument,
+               "quantize: method '{}' needs calibration text: --calib FILE (e.g. ../shared/data/text/c4-sample.txt)",
+               info.name);
+  LOWBIT_CHECK(std::filesystem::is_directory(o.input), ErrorCode::InvalidArgument,
+               "quantize --calib: '{}' is a file; calibration needs a model folder (config.json, tokenizer)", o.input);
+  for (const auto& name : to_quantize) {
+    LOWBIT_CHECK(name.starts_with("model.layers."), ErrorCode::InvalidArgument,
+                 "quantize --calib: '{}' is not a linear of a decoder layer, which is all the layer-by-layer driver "
+                 "quantizes; leave it out with --exclude",
+                 name);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  model::LoadOptions load;
+  load.layers_on_demand = true;
+  model::LlamaModel model = model::LlamaModel::load(o.input, load);
+  const model::Tokenizer tokenizer = model::Tokenizer::load(o.input);
+  model::CalibrationTextOptions text_options;
+  text_options.nsamples = o.nsamples;
+  text_options.seqlen = o.seqlen > 0 ? o.seqlen : std::min<std::int64_t>(2048, model.config().max_position_embeddings);
+  text_options.seed = o.seed;
+  if (o.calib_split == "windows") {
+    text_options.split = model::CalibrationSplit::Windows;
+  } else if (o.calib_split == "documents") {
+    text_options.split = model::CalibrationSplit::Documents;
+  } else {
+    LOWBIT_THROW(ErrorCode::InvalidArgument, "quantize: --calib-split '{}' is not one of: windows, documents",
+                 o.calib_split);
+  }
+  const auto samples = model::calibration_samples(tokenizer, read_text_file(o.calib, "quantize"), text_options);
+
+  model::LayerwiseOptions options;
+  options.method = &info;
+  options.params = params;
+  options.solver = o.solver;
+  options.solver.act_order = o.act_order;
+  options.solver.static_groups = o.static_groups;
+  options.solver.mse = o.mse;
+  options.true_sequential = !o.no_true_sequential;
+  if (o.propagation == "quantized") {
+    options.propagation = model::Propagation::Quantized;
+  } else if (o.propagation == "full-precision") {
+    options.propagation = model::Propagation::FullPrecision;
+  } else {
+    LOWBIT_THROW(ErrorCode::InvalidArgument, "quantize: --propagation '{}' is not one of: quantized, full-precision",
+                 o.propagation);
+  }
+  options.select = [&](const std::string& name) { return to_quantize.count(name) > 0; };
+
+  std::int64_t tokens = 0;
+  for (const auto& s : samples) tokens += static_cast<std::int64_t>(s.size());
+  fmt::print(stderr,
+             "quantize: {} with {} {} -> {} ({} format), {} of {} tensors, layer by layer on {} calibration samples "
+             "({} tokens) of {}, {} threads\n",
+             o.input, info.name, quant::params_to_json(params), o.output, o.format, to_quantize.size(),
+             in.names().size(), samples.size(), with_commas(static_cast<std::uint64_t>(tokens)), o.calib,
+             num_threads());
+
+  io::CheckpointWriter out(o.output, static_cast<std::uint64_t>(o.max_shard_gib * (1ull << 30)));
+  std::set<std::string> written;
+  Tally tally;
+  // Tensors outside the decoder layers first (embeddings, final norm, head), then each layer as it finishes:
+  // shards fill and leave in order.
+  for (const auto& name : in.names()) {
+    if (!name.starts_with("model.layers.") && !to_quantize.count(name)) {
+      out.add(name, in.tensor(name));
+      written.insert(name);
+    }
+  }
+  options.on_quantized = [&](const std::string& name, const quant::QuantizedTensor& q) {
+    tally.add(writer, out, name, q, in.info(name).nbytes());
+    written.insert(name);
+  };
+  options.on_layer_done = [&](std::int64_t layer) {
+    copy_through(in, out, to_quantize, written, fmt::format("model.layers.{}.", layer));
+  };
+  options.progress = stderr_progress();
+  const model::LayerwiseReport report = model::quantize_layerwise(model, samples, options);
+  end_progress();
+  copy_through(in, out, to_quantize, written);
+  finish_output(o.input, writer, out, tally.done);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  double error_sum = 0, error_max = 0;
+  for (double e : report.layer_output_error) {
+    error_sum += e;
+    error_max = std::max(error_max, e);
+  }
+  fmt::print("layer output error (||y_q - y||/||y - x|| on the calibration samples): mean {:.4e}, max {:.4e}; by layer:",
+             error_sum / static_cast<double>(std::max<std::size_t>(1, report.layer_output_error.size())), error_max);
+  for (double e : report.layer_output_error) fmt::print(" {:.3e}", e);
+  fmt::print("\n");
+  fmt::print("memory: held at most {} (calibration activations {}, largest layer {}); peak resident set {}\n",
+             human_bytes(report.peak_held_bytes), human_bytes(report.activation_bytes),
+             human_bytes(report.layer_weight_bytes), human_bytes(report.peak_rss_bytes));
+  tally.print(seconds, out, o.output);
+}
+
 void run_quantize(const QuantizeOptions& o) {
   if (o.threads > 0) set_num_threads(o.threads);
   const auto [info, params] = resolve_method(o);
@@ -137,15 +296,17 @@ void run_quantize(const QuantizeOptions& o) {
                o.include.empty() ? kDefaultInclude : fmt::format("{}", fmt::join(o.include, " ")),
                o.exclude.empty() ? kDefaultExclude : fmt::format("{}", fmt::join(o.exclude, " ")));
   const std::set<std::string> to_quantize(selected.begin(), selected.end());
+  if (!o.calib.empty() || info->calibrated()) {
+    run_calibrated(o, *info, params, writer, in, to_quantize);
+    return;
+  }
 
   fmt::print(stderr, "quantize: {} with {} {} -> {} ({} format), {} of {} tensors, {} threads\n", o.input, info->name,
              quant::params_to_json(params), o.output, o.format, selected.size(), in.names().size(), num_threads());
   const auto start = std::chrono::steady_clock::now();
   io::CheckpointWriter out(o.output, static_cast<std::uint64_t>(o.max_shard_gib * (1ull << 30)));
   ProgressReporter progress(stderr_progress(), "quantize", static_cast<std::int64_t>(selected.size()));
-  std::uint64_t dense_bytes = 0, quant_bytes = 0;
-  std::int64_t weights = 0;
-  std::vector<io::QuantizedEntry> done;
+  Tally tally;
   for (const auto& name : in.names()) {
     const Tensor t = in.tensor(name);
     if (!to_quantize.count(name)) {
@@ -158,29 +319,13 @@ void run_quantize(const QuantizeOptions& o) {
     } catch (const Error& e) {
       throw Error(e.code(), fmt::format("quantize '{}': {}", name, e.what()));
     }
-    dense_bytes += t.nbytes();
-    quant_bytes += q.storage_bytes();
-    weights += t.numel();
-    writer.add(out, name, q);
-    done.push_back({name, q.method, q.params});
+    tally.add(writer, out, name, q, t.nbytes());
     progress.advance(1, name);
   }
   end_progress();
-  for (const auto& f : side_files(o.input)) {
-    if (f.filename() == "config.json") {
-      out.add_text_file("config.json", writer.config_json(f, done));
-    } else {
-      out.add_file(f, f.filename().string());
-    }
-  }
-  writer.finish(out, done);
-  out.finish();
+  finish_output(o.input, writer, out, tally.done);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  fmt::print("quantized {} tensors ({} weights) in {}: {} -> {} ({:.3f} bits per weight), wrote {} to {}\n",
-             selected.size(), with_commas(static_cast<std::uint64_t>(weights)), human_seconds(seconds),
-             human_bytes(dense_bytes), human_bytes(quant_bytes),
-             static_cast<double>(quant_bytes) * 8.0 / static_cast<double>(weights), human_bytes(out.bytes_written()),
-             o.output);
+  tally.print(seconds, out, o.output);
 }
 
 }  // namespace
@@ -216,6 +361,27 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--format", o->format, "Output layout: " + io::describe_format_writers());
   cmd->add_option("--threads", o->threads, "CPU threads (default: all cores, or LOWBIT_NUM_THREADS)");
   cmd->add_option("--max-shard-gib", o->max_shard_gib, "Largest shard of the output, GiB")->capture_default_str();
+  cmd->add_option("--calib", o->calib,
+                  "Calibration text: quantize layer by layer, each layer on the outputs of the quantized layers "
+                  "before it (required by calibration-based methods)");
+  cmd->add_option("--nsamples", o->nsamples, "Calibration samples")->capture_default_str();
+  cmd->add_option("--seqlen", o->seqlen, "Tokens per calibration sample (default min(2048, model context))");
+  cmd->add_option("--calib-split", o->calib_split,
+                  "windows: random seqlen windows of the tokenized text (GPTQ); documents: one sample per document "
+                  "(<|endoftext|> lines or blank lines), truncated (AWQ)")
+      ->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Seed of the calibration windows")->capture_default_str();
+  cmd->add_option("--propagation", o->propagation,
+                  "Inputs of the next layer: quantized (GPTQ) or full-precision (AWQ) outputs")
+      ->capture_default_str();
+  cmd->add_flag("--no-true-sequential", o->no_true_sequential,
+                "Calibrate all seven linears of a layer on one full-precision pass (default: q/k/v, o, gate/up, down "
+                "in turn, each on the outputs of the ones quantized before it)");
+  cmd->add_option("--damp", o->solver.damp, "GPTQ: fraction of mean(diag H) added to the diagonal")
+      ->capture_default_str();
+  cmd->add_flag("--act-order,--desc-act", o->act_order, "GPTQ: columns in order of decreasing diag(H)");
+  cmd->add_flag("--static-groups", o->static_groups, "GPTQ: group grids fixed before the act-order solve");
+  cmd->add_flag("--mse", o->mse, "GPTQ: the quantizer's MSE grid search for each group's range");
   cmd->callback([o] { run_quantize(*o); });
 }
 

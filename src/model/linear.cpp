@@ -85,6 +85,15 @@ void QuantizedLinear::forward(const float* x, std::int64_t m, float* y) const {
   add_bias(y, m);
 }
 
+Tensor Linear::bias() const {
+  if (bias_.empty()) return {};
+  return Tensor::from_values(std::span<const float>(bias_), {n_});
+}
+
+std::uint64_t DenseLinear::resident_bytes() const { return packed_.bytes() + bias_bytes(); }
+
+std::uint64_t QuantizedLinear::resident_bytes() const { return q_.storage_bytes() + bias_bytes(); }
+
 std::string QuantizedLinear::describe() const {
   return fmt::format("{} {}{} (reference matmul)", q_.method, q_.shape.to_string(), has_bias() ? " + bias" : "");
 }

@@ -111,12 +111,12 @@ LlamaModel LlamaModel::load(const std::filesystem::path& folder, const LoadOptio
   if (!quantized_weights.empty()) model.weight_format_ = quantized.format;
   const std::string where = folder.string();
 
-  const auto check_shape = [&](const std::string& name, const Shape& actual, const Shape& expected) {
+  const auto check_shape = [where](const std::string& name, const Shape& actual, const Shape& expected) {
     LOWBIT_CHECK(actual == expected, ErrorCode::ShapeMismatch,
                  "load_llama: '{}': tensor '{}' is {} but config.json implies {}", where, name, actual.to_string(),
                  expected.to_string());
   };
-  const auto dense = [&](const std::string& name, const Shape& expected) -> Tensor {
+  const auto dense = [where, check_shape, &ckpt](const std::string& name, const Shape& expected) -> Tensor {
     LOWBIT_CHECK(ckpt.contains(name), ErrorCode::InvalidArgument, "load_llama: '{}' has no tensor '{}'", where, name);
     const auto& info = ckpt.info(name);
     check_shape(name, info.shape, expected);
@@ -127,18 +127,19 @@ LlamaModel LlamaModel::load(const std::filesystem::path& folder, const LoadOptio
                  where, name, dtype_name(info.dtype));
     return ckpt.tensor(name);
   };
-  const auto optional_bias = [&](const std::string& module, std::int64_t n, bool required) -> Tensor {
+  const auto optional_bias = [dense, &ckpt](const std::string& module, std::int64_t n, bool required) -> Tensor {
     const std::string name = module + ".bias";
     if (!required && !ckpt.contains(name)) return {};
     return dense(name, {n});
   };
   // A linear: quantized where the checkpoint quantized it, dense otherwise.
-  const auto linear = [&](const std::string& module, std::int64_t n, std::int64_t k,
-                          bool bias_required) -> std::unique_ptr<Linear> {
+  auto quantized_ptr = std::make_shared<io::QuantizedCheckpoint>(quantized);
+  const auto linear = [=, &ckpt](const std::string& module, std::int64_t n, std::int64_t k,
+                                 bool bias_required) -> std::unique_ptr<Linear> {
     const std::string name = module + ".weight";
     const Tensor bias = optional_bias(module, n, bias_required);
     if (quantized_weights.contains(name)) {
-      quant::QuantizedTensor q = quantized.load(name);
+      quant::QuantizedTensor q = quantized_ptr->load(name);
       check_shape(name, q.shape, {n, k});
       return make_linear(std::move(q), bias, options.quantized);
     }
@@ -160,23 +161,20 @@ LlamaModel LlamaModel::load(const std::filesystem::path& folder, const LoadOptio
   }
   model.embed_tokens_ = embed.dtype() == DType::F32 ? embed.contiguous() : embed.to(DType::F32);
 
-  ProgressReporter progress(options.progress, "load", c.num_hidden_layers);
   const bool o_bias = c.attention_bias && c.model_type != "qwen2";  // Qwen2 biases q, k, v only
-  model.layers_.resize(static_cast<std::size_t>(c.num_hidden_layers));
-  for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    DecoderLayer& layer = model.layers_[static_cast<std::size_t>(l)];
+  // The builders capture the checkpoint by reference: it lives on the heap, owned by the model.
+  model.build_layer_ = [=](std::int64_t l, DecoderLayer& layer) {
     const std::string p = fmt::format("model.layers.{}.", l);
     const std::int64_t n_of[7] = {q_width, kv_width, kv_width, hidden, inter, inter, hidden};
     const std::int64_t k_of[7] = {hidden, hidden, hidden, q_width, hidden, hidden, inter};
     const bool bias_of[7] = {c.attention_bias, c.attention_bias, c.attention_bias, o_bias,
                              c.mlp_bias,       c.mlp_bias,       c.mlp_bias};
-    for (int j = 0; j < 7; ++j) {
-      layer.linears[j] = linear(p + std::string(kLayerLinears[j]), n_of[j], k_of[j], bias_of[j]);
-    }
-    layer.input_layernorm = to_float_vector(dense(p + "input_layernorm.weight", {hidden}));
-    layer.post_attention_layernorm = to_float_vector(dense(p + "post_attention_layernorm.weight", {hidden}));
-    progress.advance(1, fmt::format("layer {}", l));
-  }
+    DecoderLayer built;
+    for (int j = 0; j < 7; ++j) built.linears[j] = linear(p + std::string(kLayerLinears[j]), n_of[j], k_of[j], bias_of[j]);
+    built.input_layernorm = to_float_vector(dense(p + "input_layernorm.weight", {hidden}));
+    built.post_attention_layernorm = to_float_vector(dense(p + "post_attention_layernorm.weight", {hidden}));
+    layer = std::move(built);
+  };
   model.norm_ = to_float_vector(dense("model.norm.weight", {hidden}));
   const bool has_head = ckpt.contains("lm_head.weight") || quantized_weights.contains("lm_head.weight");
   if (c.tie_word_embeddings || !has_head) {
@@ -184,9 +182,22 @@ LlamaModel LlamaModel::load(const std::filesystem::path& folder, const LoadOptio
                  "load_llama: '{}' has no tensor 'lm_head.weight' and config.json does not tie it to the embeddings "
                  "(tie_word_embeddings is false)",
                  where);
-    model.lm_head_ = std::make_unique<DenseLinear>(model.embed_tokens_, Tensor{}, options.kernel);
-  } else {
-    model.lm_head_ = linear("lm_head", c.vocab_size, hidden, false);
+  }
+  const bool tied = c.tie_word_embeddings || !has_head;
+  model.build_head_ = [=]() -> std::unique_ptr<Linear> {
+    if (tied) return nullptr;  // made from embed_tokens_ by load_head()
+    return linear("lm_head", c.vocab_size, hidden, false);
+  };
+  model.kernel_ = options.kernel;
+
+  model.layers_.resize(static_cast<std::size_t>(c.num_hidden_layers));
+  if (!options.layers_on_demand) {
+    ProgressReporter progress(options.progress, "load", c.num_hidden_layers);
+    for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      model.load_layer(l);
+      progress.advance(1, fmt::format("layer {}", l));
+    }
+    model.load_head();
   }
   model.inv_freq_ = rope_inv_freq(c);
   return model;
@@ -222,12 +233,16 @@ std::unique_ptr<Linear>& LlamaModel::linear_slot(std::string_view name) {
 }
 
 const Linear& LlamaModel::linear(std::string_view name) const {
-  return *const_cast<LlamaModel*>(this)->linear_slot(name);
+  const std::unique_ptr<Linear>& slot = const_cast<LlamaModel*>(this)->linear_slot(name);
+  LOWBIT_CHECK(slot != nullptr, ErrorCode::InvalidArgument, "llama: linear '{}' is not loaded (layers_on_demand)",
+               name);
+  return *slot;
 }
 
 void LlamaModel::set_linear(std::string_view name, std::unique_ptr<Linear> linear) {
   LOWBIT_CHECK(linear != nullptr, ErrorCode::InvalidArgument, "llama: set_linear('{}') was given no linear", name);
   std::unique_ptr<Linear>& slot = linear_slot(name);
+  LOWBIT_CHECK(slot != nullptr, ErrorCode::InvalidArgument, "llama: set_linear('{}'): its layer is not loaded", name);
   LOWBIT_CHECK(slot->n() == linear->n() && slot->k() == linear->k(), ErrorCode::ShapeMismatch,
                "llama: set_linear('{}'): the new linear is [{}, {}] but the layer is [{}, {}]", name, linear->n(),
                linear->k(), slot->n(), slot->k());
@@ -237,7 +252,45 @@ void LlamaModel::set_linear(std::string_view name, std::unique_ptr<Linear> linea
 const DecoderLayer& LlamaModel::layer(std::int64_t index) const {
   LOWBIT_CHECK(index >= 0 && index < num_layers(), ErrorCode::InvalidArgument,
                "llama: layer {} does not exist (the model has {})", index, num_layers());
-  return layers_[static_cast<std::size_t>(index)];
+  const DecoderLayer& L = layers_[static_cast<std::size_t>(index)];
+  LOWBIT_CHECK(L.linears[0] != nullptr, ErrorCode::InvalidArgument,
+               "llama: layer {} is not loaded (the model was opened with layers_on_demand; call load_layer({}))", index,
+               index);
+  return L;
+}
+
+bool LlamaModel::layer_loaded(std::int64_t index) const {
+  return index >= 0 && index < num_layers() && layers_[static_cast<std::size_t>(index)].linears[0] != nullptr;
+}
+
+void LlamaModel::load_layer(std::int64_t index) {
+  LOWBIT_CHECK(index >= 0 && index < num_layers(), ErrorCode::InvalidArgument,
+               "llama: layer {} does not exist (the model has {})", index, num_layers());
+  if (layer_loaded(index)) return;
+  build_layer_(index, layers_[static_cast<std::size_t>(index)]);
+}
+
+void LlamaModel::release_layer(std::int64_t index) {
+  LOWBIT_CHECK(index >= 0 && index < num_layers(), ErrorCode::InvalidArgument,
+               "llama: layer {} does not exist (the model has {})", index, num_layers());
+  layers_[static_cast<std::size_t>(index)] = DecoderLayer{};
+}
+
+void LlamaModel::load_head() {
+  if (lm_head_ != nullptr) return;
+  lm_head_ = build_head_();
+  if (lm_head_ == nullptr) lm_head_ = std::make_unique<DenseLinear>(embed_tokens_, Tensor{}, kernel_);
+}
+
+std::uint64_t LlamaModel::resident_bytes() const {
+  std::uint64_t total = embed_tokens_.nbytes() + norm_.size() * sizeof(float);
+  if (lm_head_ != nullptr) total += lm_head_->resident_bytes();
+  for (const DecoderLayer& L : layers_) {
+    if (L.linears[0] == nullptr) continue;
+    for (const auto& linear : L.linears) total += linear->resident_bytes();
+    total += (L.input_layernorm.size() + L.post_attention_layernorm.size()) * sizeof(float);
+  }
+  return total;
 }
 
 // ---- forward pieces ----------------------------------------------------------------------------------------
@@ -425,7 +478,11 @@ Tensor LlamaModel::final_norm(const Tensor& hidden) const {
   return out;
 }
 
-Tensor LlamaModel::lm_head(const Tensor& normed) const { return lm_head_->forward(normed); }
+Tensor LlamaModel::lm_head(const Tensor& normed) const {
+  LOWBIT_CHECK(lm_head_ != nullptr, ErrorCode::InvalidArgument,
+               "llama: the output head is not loaded (the model was opened with layers_on_demand; call load_head())");
+  return lm_head_->forward(normed);
+}
 
 Tensor LlamaModel::hidden_states(std::span<const std::int32_t> tokens, KvCache* cache,
                                  const LinearInputHook* hook) const {

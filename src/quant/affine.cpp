@@ -283,6 +283,7 @@ struct AffineView {
   std::int64_t n = 0, k = 0, group_size = 0, groups = 0;
   bool per_tensor = false;
   Tensor codes, scales, zeros;  // contiguous; scales as f32
+  Tensor g_idx;                 // i32 [k] when the columns' groups are permuted (GPTQ act-order), else undefined
 };
 
 AffineView open_affine(const QuantizedTensor& q, std::string_view operation) {
@@ -316,6 +317,17 @@ AffineView open_affine(const QuantizedTensor& q, std::string_view operation) {
   v.codes = codes.contiguous();
   v.scales = scales.to(DType::F32);
   v.zeros = zeros.contiguous();
+  if (q.has("g_idx")) {
+    const Tensor& g_idx = q.component("g_idx");
+    LOWBIT_CHECK(g_idx.dtype() == DType::I32 && g_idx.shape() == Shape{v.k}, ErrorCode::Corrupt,
+                 "{}: g_idx is {}; expected i32[{}]", operation, g_idx.describe(), v.k);
+    v.g_idx = g_idx.contiguous();
+    const std::int32_t* gi = v.g_idx.data<std::int32_t>();
+    for (std::int64_t c = 0; c < v.k; ++c) {
+      LOWBIT_CHECK(gi[c] >= 0 && gi[c] < v.groups, ErrorCode::Corrupt,
+                   "{}: g_idx[{}] = {} is outside the {} groups of a row", operation, c, gi[c], v.groups);
+    }
+  }
 
   const int maxq = (1 << v.bits) - 1;
   const std::uint8_t* z = v.zeros.data<std::uint8_t>();
@@ -344,10 +356,18 @@ Tensor dequantize_affine_reference(const QuantizedTensor& q) {
   const float* scales = v.scales.data<float>();
   const std::uint8_t* zeros = v.zeros.data<std::uint8_t>();
   float* w = out.data<float>();
+  const std::int32_t* g_idx = v.g_idx.defined() ? v.g_idx.data<std::int32_t>() : nullptr;
   parallel_for(
       v.n, std::max<std::int64_t>(1, 65536 / std::max<std::int64_t>(v.k, 1)), [&](std::int64_t b, std::int64_t e) {
         for (std::int64_t r = b; r < e; ++r) {
           const std::int64_t sr = v.per_tensor ? 0 : r;
+          if (g_idx != nullptr) {  // column c reads the grid of group g_idx[c]
+            for (std::int64_t c = 0; c < v.k; ++c) {
+              const std::int64_t i = sr * v.groups + g_idx[c];
+              w[r * v.k + c] = affine_dequantize_value(codes[r * v.k + c], scales[i], zeros[i]);
+            }
+            continue;
+          }
           for (std::int64_t g = 0; g < v.groups; ++g) {
             const float scale = scales[sr * v.groups + g];
             const int zero = zeros[sr * v.groups + g];
@@ -365,6 +385,7 @@ Tensor dequantize_affine(const QuantizedTensor& q, DType dtype) {
   LOWBIT_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16, ErrorCode::InvalidArgument,
                "{}: output dtype {} is not supported; valid: f32, f16, bf16", op, dtype_name(dtype));
   if (dtype == DType::F32) return dequantize_affine_reference(q);
+  if (q.has("g_idx")) return dequantize_affine_reference(q).to(dtype);  // permuted groups: no per-group table
   const AffineView v = open_affine(q, op);
   Tensor out = Tensor::empty({v.n, v.k}, dtype);
   const std::uint8_t* codes = v.codes.data<std::uint8_t>();

@@ -33,10 +33,7 @@ DType torch_dtype(const std::string& name) {
   return DType::F32;
 }
 
-bool same_bytes(const Tensor& a, const Tensor& b) {
-  const Tensor x = a.contiguous(), y = b.contiguous();
-  return x.dtype() == y.dtype() && x.shape() == y.shape() && std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) == 0;
-}
+using test::same_bytes;
 
 std::map<std::string, Tensor> as_map(const std::vector<std::pair<std::string, Tensor>>& v) {
   return {v.begin(), v.end()};

@@ -19,6 +19,7 @@
 
 #include "lowbit/core/error.hpp"
 #include "lowbit/io/atomic_file.hpp"
+#include "lowbit/quant/quantized_tensor.hpp"
 
 namespace lowbit::io::test {
 
@@ -107,6 +108,24 @@ std::string error_message(ErrorCode code, Body&& body) {
   }
   ADD_FAILURE() << "expected lowbit::Error{" << to_string(code) << "}, nothing was thrown";
   return {};
+}
+
+// Same dtype, shape and bytes (any strides).
+inline bool same_bytes(const Tensor& a, const Tensor& b) {
+  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
+  const Tensor x = a.contiguous(), y = b.contiguous();
+  return std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) == 0;
+}
+
+// Same method, shape, dtype, params and component bytes.
+inline bool same_quantized(const quant::QuantizedTensor& a, const quant::QuantizedTensor& b) {
+  if (a.method != b.method || a.shape != b.shape || a.dtype != b.dtype || !(a.params == b.params) ||
+      a.components.size() != b.components.size())
+    return false;
+  for (const auto& [name, t] : a.components) {
+    if (!b.has(name) || !same_bytes(t, b.component(name))) return false;
+  }
+  return true;
 }
 
 }  // namespace lowbit::io::test

@@ -37,10 +37,7 @@ quant::QuantizedTensor sample_quantized(std::uint32_t seed) {
   return q;
 }
 
-bool same_bytes(const Tensor& a, const Tensor& b) {
-  return a.dtype() == b.dtype() && a.shape() == b.shape() &&
-         std::memcmp(a.contiguous().raw_data(), b.contiguous().raw_data(), a.nbytes()) == 0;
-}
+using test::same_bytes;
 
 TEST(LowbitLayout, QuantizedTensorReadsBackBitIdentical) {
   test::TempDir dir;

@@ -893,5 +893,35 @@ TEST(AffineStorage, ReadsBackBitIdenticalFromALowbitFile) {
   EXPECT_EQ(floats_of(dequantize_affine_reference(back)), floats_of(dequantize_affine_reference(q)));
 }
 
+// The optional g_idx component (GPTQ act-order): column c reads the grid of group g_idx[c].
+TEST(AffineGIdx, EachColumnReadsItsGroupsGrid) {
+  const std::uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(seed);
+  std::mt19937_64 rng(seed);
+  const std::int64_t n = 5, k = 96, g = 32;
+  QuantizedTensor q = quantize_affine(random_weight(n, k, seed), config(3, g, AffineMode::Asymmetric, DType::F16));
+  Tensor g_idx = Tensor::empty({k}, DType::I32);
+  std::uniform_int_distribution<std::int32_t> group(0, 2);
+  for (std::int64_t c = 0; c < k; ++c) g_idx.data<std::int32_t>()[c] = group(rng);
+  q.components["g_idx"] = g_idx;
+  const std::vector<float> scales = floats_of(q.component("scales"));
+  const std::vector<int> zeros = ints_of(q.component("zeros")), codes = ints_of(q.component("codes"));
+  std::vector<float> expected;
+  for (std::int64_t r = 0; r < n; ++r) {
+    for (std::int64_t c = 0; c < k; ++c) {
+      const auto i = static_cast<std::size_t>(r * 3 + g_idx.data<std::int32_t>()[c]);
+      expected.push_back(scales[i] * static_cast<float>(codes[static_cast<std::size_t>(r * k + c)] - zeros[i]));
+    }
+  }
+  EXPECT_EQ(floats_of(dequantize_affine_reference(q)), expected);
+  EXPECT_EQ(floats_of(dequantize_affine(q, DType::F16)), floats_of(dequantize_affine_reference(q).to(DType::F16)));
+
+  g_idx.data<std::int32_t>()[17] = 3;  // 3 groups a row: 0..2
+  EXPECT_NE(error_message([&] { (void)dequantize_affine_reference(q); }, ErrorCode::Corrupt).find("g_idx[17] = 3"),
+            std::string::npos);
+  q.components["g_idx"] = Tensor::zeros({k - 1}, DType::I32);
+  error_message([&] { (void)dequantize_affine_reference(q); }, ErrorCode::Corrupt);
+}
+
 }  // namespace
 }  // namespace lowbit::quant

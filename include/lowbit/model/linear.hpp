@@ -23,6 +23,7 @@ class Linear {
   std::int64_t n() const noexcept { return n_; }  // output features
   std::int64_t k() const noexcept { return k_; }  // input features
   bool has_bias() const noexcept { return !bias_.empty(); }
+  Tensor bias() const;  // f32 [n], or undefined without a bias
 
   // y = x W^T + b for x row-major [m, k], y row-major [m, n] (contiguous fp32, not overlapping).
   virtual void forward(const float* x, std::int64_t m, float* y) const = 0;
@@ -30,11 +31,15 @@ class Linear {
   Tensor forward(const Tensor& x) const;
   // "dense f32 [288, 768] (avx512)", "nf4 [288, 768] reference matmul", ...
   virtual std::string describe() const = 0;
+  // Bytes this layer holds in memory of its own (repacked or quantized weights, bias); memory-mapped
+  // checkpoint views it keeps are not counted.
+  virtual std::uint64_t resident_bytes() const = 0;
 
  protected:
   // bias: [n] of any float dtype, or undefined for none. Throws ShapeMismatch for another shape.
   Linear(std::int64_t n, std::int64_t k, const Tensor& bias);
   void add_bias(float* y, std::int64_t m) const;
+  std::uint64_t bias_bytes() const noexcept { return bias_.size() * sizeof(float); }
 
  private:
   std::int64_t n_;
@@ -52,6 +57,7 @@ class DenseLinear final : public Linear {
   using Linear::forward;
   void forward(const float* x, std::int64_t m, float* y) const override;
   std::string describe() const override;
+  std::uint64_t resident_bytes() const override;
   const Tensor& weight() const noexcept { return weight_; }
   const PackedMatrix& packed() const noexcept { return packed_; }
 
@@ -70,6 +76,7 @@ class QuantizedLinear final : public Linear {
   using Linear::forward;
   void forward(const float* x, std::int64_t m, float* y) const override;
   std::string describe() const override;
+  std::uint64_t resident_bytes() const override;
   const quant::QuantizedTensor& quantized() const noexcept { return q_; }
 
  private:

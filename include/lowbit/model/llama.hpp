@@ -104,6 +104,9 @@ struct LoadOptions {
   QuantizedExecution quantized = QuantizedExecution::ReferenceMatmul;
   CpuKernel kernel = best_cpu_kernel();  // for dense weights
   ProgressCallback progress;             // stage "load", one step per decoder layer
+  // Build no decoder layer and no output head at load: load_layer() / release_layer() / load_head() do,
+  // so that a layer-by-layer quantizer holds one layer's weights at a time.
+  bool layers_on_demand = false;
 };
 
 class LlamaModel {
@@ -143,7 +146,16 @@ class LlamaModel {
   Tensor lm_head(const Tensor& normed) const;     // f32 [T, vocab]
 
   // ---- weights ----
+  // Throws InvalidArgument for an index out of range or a layer not loaded.
   const DecoderLayer& layer(std::int64_t index) const;
+  // Layers on demand (LoadOptions::layers_on_demand; a fully loaded model has every layer and the head):
+  bool layer_loaded(std::int64_t index) const;
+  void load_layer(std::int64_t index);     // builds it from the checkpoint; no-op when loaded
+  void release_layer(std::int64_t index);  // frees its weights (set_linear replacements too)
+  void load_head();                        // lm_head(), forward() need it
+  // Bytes of weights the model holds itself: embeddings in fp32, loaded layers' repacked or quantized
+  // linears, norms, the head (memory-mapped checkpoint pages are not counted).
+  std::uint64_t resident_bytes() const;
   // "model.layers.3.mlp.down_proj" (with or without ".weight"), or "lm_head".
   const Linear& linear(std::string_view name) const;
   // Replaces one linear (a quantized one for a dense one, say); n and k must stay. Throws
@@ -167,6 +179,9 @@ class LlamaModel {
   std::vector<float> norm_;  // [hidden]
   std::unique_ptr<Linear> lm_head_;
   std::vector<float> inv_freq_;  // [head_dim / 2], RoPE frequencies after rope_scaling
+  CpuKernel kernel_ = CpuKernel{};
+  std::function<void(std::int64_t, DecoderLayer&)> build_layer_;
+  std::function<std::unique_ptr<Linear>()> build_head_;
 };
 
 }  // namespace lowbit::model

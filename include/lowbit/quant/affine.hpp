@@ -11,7 +11,10 @@
 //     scales  f16|f32  [n, groups]   groups = ceil(k / group_size); 1 per row; [1, 1] for one per tensor
 //     zeros   u8       [n, groups]   integer zero point, 0 <= zero <= 2^bits - 1; same shape as scales
 //
-//     w_hat[r, c] = scales[r, g] * (codes[r, c] - zeros[r, g]),   g = c / group_size
+//     g_idx   i32      [k]           optional: the group of each column, 0 <= g_idx[c] < groups, where
+//                                    GPTQ's act-order left a column's group out of order (gptq.md 2.5)
+//
+//     w_hat[r, c] = scales[r, g] * (codes[r, c] - zeros[r, g]),   g = c / group_size  (or g_idx[c])
 //
 //     codes byte:  | bit 7 ............................ bit 0 |
 //                  |    0 ... 0     |  code (bits 0..bits-1) |

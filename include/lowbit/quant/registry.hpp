@@ -8,9 +8,19 @@
 #include <vector>
 
 #include "lowbit/core/progress.hpp"
+#include "lowbit/quant/calibration.hpp"
 #include "lowbit/quant/quantized_tensor.hpp"
 
 namespace lowbit::quant {
+
+// Settings of a calibration-based solver that are not part of the encoding (so not in QuantParams).
+struct SolverOptions {
+  double damp = 0.01;             // GPTQ percdamp: this fraction of mean(diag H) is added to the diagonal
+  bool act_order = false;         // GPTQ desc_act: columns in order of decreasing diag(H)
+  bool static_groups = false;     // GPTQ: group grids fixed from the unpermuted W before the solve
+  std::int64_t block_size = 128;  // GPTQ lazy-batch block
+  bool mse = false;               // GPTQ quantizer's grid search (norm 2.4, grid 100, maxshrink 0.8)
+};
 
 struct MethodInfo {
   std::string name;     // "nf4"
@@ -22,6 +32,14 @@ struct MethodInfo {
   std::function<Tensor(const QuantizedTensor& q)> dequantize;
   // The reference matmul y = x W_hat^T (fp32 [m, n]) in the method's order of operations.
   std::function<Tensor(const QuantizedTensor& q, const Tensor& x)> matmul;
+
+  // Calibration-based methods: what they need from a linear's inputs, and the quantizer that uses it
+  // (`quantize` then throws InvalidArgument saying calibration is needed). Empty for data-free methods.
+  CalibrationNeeds needs;
+  std::function<QuantizedTensor(const Tensor& weight, const QuantParams& params, const Calibration& calibration,
+                                const SolverOptions& options)>
+      quantize_calibrated;
+  bool calibrated() const noexcept { return static_cast<bool>(quantize_calibrated); }
 };
 
 // All registered methods, in a fixed order.
