@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Remakes docs/quality.md: every data-free method and setting on the linear weights of a real checkpoint.
+# Remakes docs/quality.md: perplexity of every method at 4 bits (scripts/ppl-table.sh), then every data-free
+# method and setting on the linear weights of a real checkpoint.
 #   scripts/quality.sh [CHECKPOINT]    (default ../shared/data/stories15M)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -9,9 +10,17 @@ model=${1:-$root/../shared/data/stories15M}
 out=$root/docs/quality.md
 tmp=$(mktemp)
 {
-  echo "# Quality of the data-free methods"
+  echo "# Quality"
   echo
-  echo "Made by \`scripts/quality.sh\` (which runs \`lowbit quality $(basename "$model")\`) on $(date -u +%Y-%m-%d)."
+  echo "Made by \`scripts/quality.sh\` on $(date -u +%Y-%m-%d), on this machine ($(nproc) cores)."
+  echo
+  echo "## Perplexity of every method on $(basename "$model")"
+  echo
+  "$root/scripts/ppl-table.sh" "$model"
+  echo
+  echo "## Weight error of the data-free methods"
+  echo
+  echo "Made by \`lowbit quality $(basename "$model")\`."
   echo "Relative error is ||W - W_hat||_F / ||W||_F over all linear weights together; SNR = -20 log10 of it."
   echo "Bits per weight count everything stored (codes, scales, zeros, absmax, maps, nested statistics);"
   echo "affine keeps one code per byte until a kernel repacks it, and is counted at \`bits\` per code, as every"

@@ -41,17 +41,6 @@ const Setting kSettings[] = {
     {"RTN 2-bit g32", "affine", [](quant::QuantParams& p) { p.bits = 2; p.group_size = 32; }},
 };
 
-// Storage in bits: every component as stored, except unpacked codes (one per byte, as affine keeps them
-// until a kernel repacks them), which count `bits` each, as every packed format (GPTQ, AWQ, kernels) stores them.
-double storage_bits(const quant::QuantizedTensor& q) {
-  double bits = 0;
-  for (const auto& [name, t] : q.components) {
-    const bool unpacked_codes = name == "codes" && t.dtype() == DType::U8 && q.params.bits > 0 && q.params.bits < 8 &&
-                                t.numel() == q.shape.numel();
-    bits += unpacked_codes ? static_cast<double>(t.numel()) * q.params.bits : static_cast<double>(t.nbytes()) * 8.0;
-  }
-  return bits;
-}
 
 struct QualityOptions {
   std::string model;
@@ -117,7 +106,7 @@ void run_quality(const QualityOptions& o) {
         for (std::int64_t j = 0; j < w.numel(); ++j) sig += static_cast<double>(p[j]) * p[j];
         signal += sig;
         noise += e.relative_frobenius * e.relative_frobenius * sig;
-        stored_bits += storage_bits(q);
+        stored_bits += q.packed_bits();
       } catch (const Error& e) {
         failure = fmt::format("{}: {}", names[i], e.what());
         break;

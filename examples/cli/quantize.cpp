@@ -132,6 +132,7 @@ std::vector<std::filesystem::path> side_files(const std::filesystem::path& input
 // What the quantized weights cost, for the closing line.
 struct Tally {
   std::uint64_t dense_bytes = 0, quant_bytes = 0;
+  double packed_bits = 0;
   std::int64_t weights = 0;
   std::vector<io::QuantizedEntry> done;
 
@@ -139,16 +140,18 @@ struct Tally {
            const quant::QuantizedTensor& q, std::uint64_t dense) {
     dense_bytes += dense;
     quant_bytes += q.storage_bytes();
+    packed_bits += q.packed_bits();
     weights += q.shape.numel();
     writer.add(out, name, q);
     done.push_back({name, q.method, q.params});
   }
   void print(double seconds, const io::CheckpointWriter& out, const std::string& output) const {
-    fmt::print("quantized {} tensors ({} weights) in {}: {} -> {} ({:.3f} bits per weight), wrote {} to {}\n",
+    const auto w = static_cast<double>(std::max<std::int64_t>(1, weights));
+    fmt::print("quantized {} tensors ({} weights) in {}: {} -> {} ({:.3f} bits per weight; {:.3f} packed), wrote {} "
+               "to {}\n",
                done.size(), with_commas(static_cast<std::uint64_t>(weights)), human_seconds(seconds),
-               human_bytes(dense_bytes), human_bytes(quant_bytes),
-               static_cast<double>(quant_bytes) * 8.0 / static_cast<double>(std::max<std::int64_t>(1, weights)),
-               human_bytes(out.bytes_written()), output);
+               human_bytes(dense_bytes), human_bytes(quant_bytes), static_cast<double>(quant_bytes) * 8.0 / w,
+               packed_bits / w, human_bytes(out.bytes_written()), output);
   }
 };
 

@@ -22,6 +22,21 @@ std::uint64_t QuantizedTensor::storage_bytes() const {
   return total;
 }
 
+double QuantizedTensor::packed_bits() const {
+  double bits = 0;
+  for (const auto& [name, t] : components) {
+    const bool unpacked_codes = name == "codes" && t.dtype() == DType::U8 && params.bits > 0 && params.bits < 8 &&
+                                t.numel() == shape.numel();
+    bits += unpacked_codes ? static_cast<double>(t.numel()) * params.bits : static_cast<double>(t.nbytes()) * 8.0;
+  }
+  return bits;
+}
+
+double QuantizedTensor::packed_bits_per_weight() const {
+  const std::int64_t n = shape.numel();
+  return n == 0 ? 0.0 : packed_bits() / static_cast<double>(n);
+}
+
 double QuantizedTensor::bits_per_weight() const {
   const std::int64_t n = shape.numel();
   return n == 0 ? 0.0 : static_cast<double>(storage_bytes()) * 8.0 / static_cast<double>(n);

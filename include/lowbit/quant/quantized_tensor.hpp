@@ -50,6 +50,11 @@ class QuantizedTensor {
   std::uint64_t storage_bytes() const;
   // storage_bytes() * 8 / number of weights.
   double bits_per_weight() const;
+  // Bits of all components as a packed format stores them: storage_bytes() * 8, except that codes kept one
+  // per byte ("codes", u8, one per weight, bits < 8: affine until a kernel or a GPTQ/AWQ writer packs
+  // them) count `bits` each.
+  double packed_bits() const;
+  double packed_bits_per_weight() const;  // packed_bits() / number of weights
   // "nf4 [4096, 11008] (bits=4 block_size=64 double_quant) codes:u8[..] absmax:f32[..]"
   std::string describe() const;
 };
