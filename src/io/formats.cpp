@@ -11,6 +11,7 @@
 
 #include "lowbit/io/formats/bnb.hpp"
 #include "lowbit/io/formats/bnb_int8.hpp"
+#include "lowbit/io/formats/gptq.hpp"
 #include "lowbit/io/formats/hqq.hpp"
 
 namespace lowbit::io {
@@ -115,6 +116,7 @@ const std::vector<FormatWriter>& format_writers() {
     v.push_back(lowbit_writer());
     v.push_back(bitsandbytes_writer());
     v.push_back(hqq_format_writer());
+    v.push_back(gptq_format_writer());
     return v;
   }();
   return all;
@@ -177,6 +179,7 @@ QuantizedCheckpoint open_quantized(const Checkpoint& checkpoint) {
     return out;
   }
   if (is_hqq_checkpoint(checkpoint)) return open_hqq(checkpoint);
+  if (is_gptq_checkpoint(checkpoint)) return open_gptq(checkpoint);
   out.format = "dense";
   out.load = [&checkpoint](std::string_view weight) -> quant::QuantizedTensor {
     LOWBIT_THROW(ErrorCode::InvalidArgument, "'{}' holds no quantized weight '{}'", checkpoint.path().string(), weight);
