@@ -44,11 +44,23 @@ void run_dequantize(const DequantizeOptions& o) {
     progress.advance(1, name);
   }
   end_progress();
+  // Side files travel, but not what says the weights are quantized: loaders (transformers) would read the dense
+  // output as GPTQ/bitsandbytes/HQQ again.
   if (std::filesystem::is_directory(o.input)) {
     for (const auto& entry : std::filesystem::directory_iterator(o.input)) {
       const auto file = entry.path().filename().string();
-      if (entry.is_regular_file() && !file.ends_with(".safetensors") && file != "model.safetensors.index.json")
-        out.add_file(entry.path(), file);
+      if (!entry.is_regular_file() || file.ends_with(".safetensors") || file == "model.safetensors.index.json" ||
+          file == "quantize_config.json" || file == "quant_config.json")
+        continue;
+      if (file == "config.json") {
+        nlohmann::json config = nlohmann::json::parse(read_text_file(entry.path().string(), "dequantize"), nullptr, false);
+        if (config.is_object() && config.contains("quantization_config")) {
+          config.erase("quantization_config");
+          out.add_text_file(file, config.dump(2) + "\n");
+          continue;
+        }
+      }
+      out.add_file(entry.path(), file);
     }
   }
   out.finish();
@@ -159,7 +171,7 @@ void run_compare(const CompareOptions& o) {
 void register_dequantize(CLI::App& app) {
   auto o = std::make_shared<DequantizeOptions>();
   CLI::App* cmd = app.add_subcommand("dequantize", "Write a dense checkpoint from a quantized one");
-  cmd->add_option("input", o->input, "Quantized checkpoint (lowbit, bitsandbytes or HQQ layout)")->required();
+  cmd->add_option("input", o->input, "Quantized checkpoint (any layout lowbit reads: lowbit, bitsandbytes, hqq, gptq)")->required();
   cmd->add_option("output", o->output, "Output folder (replaced atomically when complete)")->required();
   cmd->add_option("--dtype", o->dtype, "Output dtype: f32, f16 or bf16 (default: each weight's original)");
   cmd->callback([o] { run_dequantize(*o); });
