@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
   cmake ninja-build g++ pkg-config
-  libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev libsentencepiece-dev
+  libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev libsentencepiece-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev   # the libFuzzer target and the sanitizer build in .ci/run
   python3 python3-venv

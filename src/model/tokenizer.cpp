@@ -5,14 +5,18 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
+#include "bpe_tokenizer.hpp"
 #include "lowbit/core/error.hpp"
 
 namespace lowbit::model {
 
+// One of the two: a SentencePiece model, or (when `bpe` holds one) a tokenizer.json byte-level BPE.
 struct Tokenizer::Impl {
   sentencepiece::SentencePieceProcessor sp;
+  std::optional<detail::BpeTokenizer> bpe;
   std::string source;  // the model file, for messages
   bool add_bos = true;
   bool add_eos = false;
@@ -54,16 +58,20 @@ Tokenizer Tokenizer::from_sentencepiece(const std::filesystem::path& model_file,
 
 Tokenizer Tokenizer::load(const std::filesystem::path& folder) {
   const auto model_file = folder / "tokenizer.model";
+  const auto config_file = folder / "tokenizer_config.json";
   if (!std::filesystem::exists(model_file)) {
-    LOWBIT_CHECK(!std::filesystem::exists(folder / "tokenizer.json"), ErrorCode::Unsupported,
-                 "tokenizer: '{}' has only tokenizer.json (a byte-level BPE tokenizer, as Llama 3 and Qwen 2 use); "
-                 "lowbit reads SentencePiece tokenizer.model files only so far",
-                 folder.string());
-    LOWBIT_THROW(ErrorCode::IO, "tokenizer: '{}' has no tokenizer.model", folder.string());
+    const auto json_file = folder / "tokenizer.json";
+    LOWBIT_CHECK(std::filesystem::exists(json_file), ErrorCode::IO,
+                 "tokenizer: '{}' has no tokenizer.model or tokenizer.json", folder.string());
+    auto impl = std::make_shared<Impl>();
+    impl->bpe.emplace(detail::BpeTokenizer::load(json_file, config_file));
+    impl->source = json_file.string();
+    impl->add_bos = impl->bpe->add_bos();
+    impl->add_eos = impl->bpe->add_eos();
+    return Tokenizer(std::move(impl));
   }
   bool add_bos = true;  // LlamaTokenizer's defaults
   bool add_eos = false;
-  const auto config_file = folder / "tokenizer_config.json";
   if (std::filesystem::exists(config_file)) {
     const auto j = nlohmann::json::parse(read_text(config_file), nullptr, /*allow_exceptions=*/false);
     LOWBIT_CHECK(j.is_object(), ErrorCode::Corrupt, "tokenizer: '{}' is not a JSON object", config_file.string());
@@ -74,6 +82,7 @@ Tokenizer Tokenizer::load(const std::filesystem::path& folder) {
 }
 
 std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special) const {
+  if (impl_->bpe) return impl_->bpe->encode(text, add_special);
   std::vector<int> ids;
   const auto status = impl_->sp.Encode(absl::string_view(text.data(), text.size()), &ids);
   LOWBIT_CHECK(status.ok(), ErrorCode::InvalidArgument, "tokenizer: cannot encode {} bytes of text with '{}': {}",
@@ -87,6 +96,7 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_spec
 }
 
 std::string Tokenizer::decode(std::span<const std::int32_t> ids) const {
+  if (impl_->bpe) return impl_->bpe->decode(ids);
   std::vector<int> v(ids.begin(), ids.end());
   for (const int id : v) {
     LOWBIT_CHECK(id >= 0 && id < vocab_size(), ErrorCode::InvalidArgument,
@@ -100,14 +110,17 @@ std::string Tokenizer::decode(std::span<const std::int32_t> ids) const {
 }
 
 std::string Tokenizer::piece(std::int32_t id) const {
+  if (impl_->bpe) return impl_->bpe->piece(id);
   LOWBIT_CHECK(id >= 0 && id < vocab_size(), ErrorCode::InvalidArgument,
                "tokenizer: id {} is outside the vocabulary of '{}' (size {})", id, impl_->source, vocab_size());
   return impl_->sp.IdToPiece(id);
 }
 
-std::int32_t Tokenizer::vocab_size() const noexcept { return impl_->sp.GetPieceSize(); }
-std::int32_t Tokenizer::bos_id() const noexcept { return impl_->sp.bos_id(); }
-std::int32_t Tokenizer::eos_id() const noexcept { return impl_->sp.eos_id(); }
+std::int32_t Tokenizer::vocab_size() const noexcept {
+  return impl_->bpe ? impl_->bpe->vocab_size() : impl_->sp.GetPieceSize();
+}
+std::int32_t Tokenizer::bos_id() const noexcept { return impl_->bpe ? impl_->bpe->bos_id() : impl_->sp.bos_id(); }
+std::int32_t Tokenizer::eos_id() const noexcept { return impl_->bpe ? impl_->bpe->eos_id() : impl_->sp.eos_id(); }
 bool Tokenizer::add_bos() const noexcept { return impl_->add_bos; }
 bool Tokenizer::add_eos() const noexcept { return impl_->add_eos; }
 
