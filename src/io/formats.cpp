@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "lowbit/io/formats/awq.hpp"
 #include "lowbit/io/formats/bnb.hpp"
 #include "lowbit/io/formats/bnb_int8.hpp"
 #include "lowbit/io/formats/gptq.hpp"
@@ -117,6 +118,8 @@ const std::vector<FormatWriter>& format_writers() {
     v.push_back(bitsandbytes_writer());
     v.push_back(hqq_format_writer());
     v.push_back(gptq_format_writer());
+    v.push_back(awq_format_writer(AwqVersion::Gemm));
+    v.push_back(awq_format_writer(AwqVersion::Gemv));
     return v;
   }();
   return all;
@@ -179,6 +182,7 @@ QuantizedCheckpoint open_quantized(const Checkpoint& checkpoint) {
     return out;
   }
   if (is_hqq_checkpoint(checkpoint)) return open_hqq(checkpoint);
+  if (is_awq_checkpoint(checkpoint)) return open_awq(checkpoint);  // before gptq: both hold "*.qweight"
   if (is_gptq_checkpoint(checkpoint)) return open_gptq(checkpoint);
   out.format = "dense";
   out.load = [&checkpoint](std::string_view weight) -> quant::QuantizedTensor {

@@ -786,6 +786,12 @@ std::vector<std::string> gptq_modules(const Checkpoint& checkpoint) {
   return out;
 }
 
+void check_packed_affine_components(const QuantizedTensor& q, std::int64_t groups, std::string_view what) {
+  check_affine_components(q, groups, what);
+}
+
+DType packed_checkpoint_dtype(const Checkpoint& checkpoint) { return checkpoint_dtype(checkpoint); }
+
 FormatWriter gptq_format_writer() {
   auto log = std::make_shared<ActOrderLog>();
   FormatWriter w;

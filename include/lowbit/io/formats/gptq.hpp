@@ -156,6 +156,15 @@ quant::QuantizedTensor read_gptq_linear(const Checkpoint& checkpoint, std::strin
 // Every module "P" with a "P.qweight" tensor, sorted.
 std::vector<std::string> gptq_modules(const Checkpoint& checkpoint);
 
+// ---- shared with the other packed affine layouts (io/formats/awq.hpp) -------------------------------------
+
+// The components of an affine tensor against its shape and params, with `groups` groups per row (as
+// dequantize_affine_reference checks them, without making the dense weight): Corrupt naming the first that
+// is wrong, prefixed by `what`.
+void check_packed_affine_components(const quant::QuantizedTensor& q, std::int64_t groups, std::string_view what);
+// The original weights' dtype: config.json's torch_dtype (or dtype) beside the checkpoint, f16 without one.
+DType packed_checkpoint_dtype(const Checkpoint& checkpoint);
+
 // For io/formats.cpp. The "gptq" writer stores methods "affine" and "gptq" (whose tensors are affine):
 // weights "<P>.weight" become the tensors above; every weight of one checkpoint must share bits,
 // group_size and sym (one quantization_config holds one setting: Unsupported otherwise); config.json
