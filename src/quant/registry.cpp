@@ -4,6 +4,7 @@
 
 #include "lowbit/quant/affine.hpp"
 #include "lowbit/quant/bnb8.hpp"
+#include "lowbit/quant/gptq.hpp"
 #include "lowbit/quant/hqq.hpp"
 #include "lowbit/quant/llm_int8.hpp"
 #include "lowbit/quant/nf4.hpp"
@@ -21,6 +22,7 @@ const std::vector<MethodInfo>& methods() {
     v.push_back(fp4_method_info());
     v.push_back(hqq_method_info());
     v.push_back(llm_int8_method_info());
+    v.push_back(gptq_method_info());
     return v;
   }();
   return all;
