@@ -60,10 +60,11 @@ struct QuantizeOptions {
   std::int64_t seqlen = 0;  // 0: min(2048, max_position_embeddings)
   std::string calib_split = "windows";
   std::uint64_t seed = 0;
-  std::string propagation = "quantized";
+  std::string propagation;  // empty: the method's (full-precision for awq, else quantized)
   bool no_true_sequential = false;
   quant::SolverOptions solver;
   bool act_order = false, static_groups = false, mse = false;
+  bool duo_scaling = false, no_clip = false;
 };
 
 // Default selection: every 2-D "*.weight" but embeddings and the output head.
@@ -220,14 +221,19 @@ void run_calibrated(const QuantizeOptions& o, const quant::MethodInfo& info, con
   options.solver.act_order = o.act_order;
   options.solver.static_groups = o.static_groups;
   options.solver.mse = o.mse;
+  options.solver.duo_scaling = o.duo_scaling;
+  options.solver.clip = !o.no_clip;
   options.true_sequential = !o.no_true_sequential;
-  if (o.propagation == "quantized") {
+  const std::string propagation = !o.propagation.empty() ? o.propagation
+                                  : info.name == "awq"   ? "full-precision"
+                                                         : "quantized";
+  if (propagation == "quantized") {
     options.propagation = model::Propagation::Quantized;
-  } else if (o.propagation == "full-precision") {
+  } else if (propagation == "full-precision") {
     options.propagation = model::Propagation::FullPrecision;
   } else {
     LOWBIT_THROW(ErrorCode::InvalidArgument, "quantize: --propagation '{}' is not one of: quantized, full-precision",
-                 o.propagation);
+                 propagation);
   }
   options.select = [&](const std::string& name) { return to_quantize.count(name) > 0; };
 
@@ -253,6 +259,13 @@ void run_calibrated(const QuantizeOptions& o, const quant::MethodInfo& info, con
   }
   options.on_quantized = [&](const std::string& name, const quant::QuantizedTensor& q) {
     tally.add(writer, out, name, q, in.info(name).nbytes());
+    written.insert(name);
+  };
+  // Dense tensors a whole-layer method changed (AWQ's folded norms and biases) replace the checkpoint's,
+  // in its dtype.
+  options.on_replaced = [&](const std::string& name, const Tensor& value) {
+    const DType dtype = in.contains(name) ? in.info(name).dtype : value.dtype();
+    out.add(name, value.dtype() == dtype ? value : value.to(dtype));
     written.insert(name);
   };
   options.on_layer_done = [&](std::int64_t layer) {
@@ -375,8 +388,8 @@ void register_quantize(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of the calibration windows")->capture_default_str();
   cmd->add_option("--propagation", o->propagation,
-                  "Inputs of the next layer: quantized (GPTQ) or full-precision (AWQ) outputs")
-      ->capture_default_str();
+                  "Inputs of the next layer: quantized (GPTQ) or full-precision (AWQ) outputs (default: "
+                  "full-precision for awq, quantized otherwise)");
   cmd->add_flag("--no-true-sequential", o->no_true_sequential,
                 "Calibrate all seven linears of a layer on one full-precision pass (default: q/k/v, o, gate/up, down "
                 "in turn, each on the outputs of the ones quantized before it)");
@@ -384,6 +397,9 @@ void register_quantize(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--act-order,--desc-act", o->act_order, "GPTQ: columns in order of decreasing diag(H)");
   cmd->add_flag("--static-groups", o->static_groups, "GPTQ: group grids fixed before the act-order solve");
+  cmd->add_flag("--duo-scaling", o->duo_scaling,
+                "AWQ: AutoAWQ's scale x_mean^a / (w_mean^(1-a) + 1e-4) (default: llm-awq's x_mean^a)");
+  cmd->add_flag("--no-clip", o->no_clip, "AWQ: skip the clip search");
   cmd->add_flag("--mse", o->mse, "GPTQ: the quantizer's MSE grid search for each group's range");
   cmd->callback([o] { run_quantize(*o); });
 }

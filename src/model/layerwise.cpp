@@ -10,6 +10,7 @@
 #include <random>
 
 #include "lowbit/core/error.hpp"
+#include "lowbit/model/awq_layer.hpp"
 #include "lowbit/model/perplexity.hpp"
 #include "lowbit/quant/common.hpp"
 
@@ -59,6 +60,16 @@ void difference_norms(const Tensor& a, const Tensor& b, const Tensor& base, doub
     diff2 += d * d;
     ref2 += r * r;
   }
+}
+
+// The whole-layer procedure of a method that has one.
+LayerMethod default_layer_method(const quant::MethodInfo& method, const quant::QuantParams& params,
+                                 const quant::SolverOptions& solver) {
+  if (method.name == "awq") return awq_layer_method(awq_config_from(params, solver));
+  LOWBIT_CHECK(!method.layer_level, ErrorCode::Unsupported,
+               "quantize_layerwise: method '{}' transforms whole layers but the driver knows no layer procedure for it",
+               method.name);
+  return {};
 }
 
 }  // namespace
@@ -133,7 +144,7 @@ LayerwiseReport quantize_layerwise(LlamaModel& model, std::span<const std::vecto
                  s);
   }
   const quant::MethodInfo& method = *o.method;
-  const bool calibrated = method.calibrated();
+  const bool calibrated = static_cast<bool>(method.quantize_calibrated);
   const auto start = Clock::now();
   const auto selected = [&](const std::string& weight) { return !o.select || o.select(weight); };
 
@@ -168,10 +179,13 @@ LayerwiseReport quantize_layerwise(LlamaModel& model, std::span<const std::vecto
     report.peak_held_bytes = std::max(report.peak_held_bytes, bytes);
   };
 
+  const LayerMethod layer_method = o.layer_method ? o.layer_method : default_layer_method(method, o.params, o.solver);
   const std::vector<std::vector<int>> groups =
-      o.true_sequential ? std::vector<std::vector<int>>{{0, 1, 2}, {3}, {4, 5}, {6}}
-                        : std::vector<std::vector<int>>{{0, 1, 2, 3, 4, 5, 6}};
-  ProgressReporter progress(o.progress, "quantize", layers * static_cast<std::int64_t>(groups.size()));
+      layer_method ? std::vector<std::vector<int>>{}
+      : o.true_sequential ? std::vector<std::vector<int>>{{0, 1, 2}, {3}, {4, 5}, {6}}
+                          : std::vector<std::vector<int>>{{0, 1, 2, 3, 4, 5, 6}};
+  ProgressReporter progress(o.progress, "quantize",
+                            layers * std::max<std::int64_t>(1, static_cast<std::int64_t>(groups.size())));
 
   for (std::int64_t l = 0; l < layers; ++l) {
     model.load_layer(l);
@@ -189,6 +203,38 @@ LayerwiseReport quantize_layerwise(LlamaModel& model, std::span<const std::vecto
       model.forward_layer(l, y);
       if (s < error_samples) reference.push_back(y);
       if (full_precision) next.push_back(std::move(y));
+    }
+
+    if (layer_method) {
+      const auto t0 = Clock::now();
+      const auto selected_linear = [&](int j) {
+        return selected(fmt::format("model.layers.{}.{}.weight", l, kLayerLinears[j]));
+      };
+      LayerResult result;
+      try {
+        result = layer_method(model, l, hidden, selected_linear);
+      } catch (const Error& e) {
+        throw Error(e.code(), fmt::format("quantize layer {}: {}", l, e.what()));
+      }
+      hold(steady + result.held_bytes);
+      const double seconds = seconds_since(t0) / static_cast<double>(std::max<std::size_t>(1, result.quantized.size()));
+      for (const LayerQuantized& lq : result.quantized) {
+        LinearReport lr;
+        lr.name = lq.weight_name;
+        lr.n = lq.q.shape[0];
+        lr.k = lq.q.shape[1];
+        lr.seconds = seconds;
+        lr.weight_error =
+            quant::error_stats(lq.reference, quant::find_method(lq.q.method).dequantize(lq.q)).relative_frobenius;
+        lr.bits_per_weight = lq.q.bits_per_weight();
+        lr.calibration_tokens = lq.calibration_tokens;
+        report.linears.push_back(lr);
+        if (o.on_quantized) o.on_quantized(lq.weight_name, lq.q);
+      }
+      for (const auto& [name, value] : result.replaced) {
+        if (o.on_replaced) o.on_replaced(name, value);
+      }
+      progress.advance(1, fmt::format("layer {}/{} {}", l + 1, layers, method.name));
     }
 
     for (const auto& group : groups) {

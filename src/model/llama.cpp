@@ -353,43 +353,33 @@ Tensor LlamaModel::embed(std::span<const std::int32_t> tokens) const {
   return out;
 }
 
-void LlamaModel::forward_layer(std::int64_t index, Tensor& hidden, const LayerOptions& options) const {
-  const DecoderLayer& L = layer(index);
-  const LlamaConfig& c = config_;
-  const std::int64_t h = c.hidden_size;
+void LlamaModel::check_hidden(const Tensor& hidden, std::string_view operation) const {
+  const std::int64_t h = config_.hidden_size;
   LOWBIT_CHECK(hidden.rank() == 2 && hidden.size(1) == h && hidden.dtype() == DType::F32 && hidden.is_contiguous(),
-               ErrorCode::ShapeMismatch, "llama: forward_layer needs contiguous f32 [tokens, {}] hidden states, got {}",
+               ErrorCode::ShapeMismatch, "llama: {} needs contiguous f32 [tokens, {}] hidden states, got {}", operation,
                h, hidden.describe());
-  const std::int64_t t = hidden.size(0);
-  const std::int64_t pos0 = options.position;
-  LOWBIT_CHECK(pos0 >= 0, ErrorCode::InvalidArgument, "llama: position {} is negative", pos0);
-  KvCache* cache = options.cache;
-  if (cache != nullptr) {
-    LOWBIT_CHECK(pos0 + t <= cache->capacity() && cache->row_width() == c.num_key_value_heads * c.head_dim,
-                 ErrorCode::InvalidArgument,
-                 "llama: positions [{}, {}) do not fit the kv cache (capacity {}, row width {}, model needs {})", pos0,
-                 pos0 + t, cache->capacity(), cache->row_width(), c.num_key_value_heads * c.head_dim);
+}
+
+void LlamaModel::run_linear(std::int64_t index, int j, const float* input, std::int64_t t, float* output,
+                            const LayerOptions& options) const {
+  const Linear& linear = *layers_[static_cast<std::size_t>(index)].linears[j];
+  if (options.hook != nullptr && *options.hook) {
+    const Tensor view = Tensor::wrap(const_cast<float*>(input), {t, linear.k()}, DType::F32);
+    (*options.hook)(linear_name(index, j), view);
   }
-  if (t == 0) return;
-  float* hs = hidden.data<float>();
+  linear.forward(input, t, output);
+}
+
+void LlamaModel::attention_into(std::int64_t index, const float* x, std::int64_t t, float* out,
+                                const LayerOptions& options) const {
+  const LlamaConfig& c = config_;
+  const std::int64_t pos0 = options.position;
+  KvCache* cache = options.cache;
   const std::int64_t d = c.head_dim;
   const std::int64_t nq = c.num_attention_heads;
   const std::int64_t nkv = c.num_key_value_heads;
   const std::int64_t qw = nq * d;
   const std::int64_t kvw = nkv * d;
-  const std::int64_t inter = c.intermediate_size;
-  const auto hook = [&](int j, const float* input, std::int64_t k) {
-    if (options.hook == nullptr || !*options.hook) return;
-    const Tensor view = Tensor::wrap(const_cast<float*>(input), {t, k}, DType::F32);
-    (*options.hook)(linear_name(index, j), view);
-  };
-  const auto run = [&](int j, const float* input, float* output) {
-    hook(j, input, L.linears[j]->k());
-    L.linears[j]->forward(input, t, output);
-  };
-
-  // ---- attention ----
-  std::vector<float> x(static_cast<std::size_t>(t * std::max(h, qw)));
   std::vector<float> q(static_cast<std::size_t>(t * qw));
   std::vector<float> attn(static_cast<std::size_t>(t * qw));
   std::vector<float> k_local;
@@ -405,10 +395,9 @@ void LlamaModel::forward_layer(std::int64_t index, Tensor& hidden, const LayerOp
     kbuf = k_local.data();
     vbuf = v_local.data();
   }
-  rms_norm(hs, t, L.input_layernorm, x.data());
-  run(0, x.data(), q.data());
-  run(1, x.data(), kbuf);
-  run(2, x.data(), vbuf);
+  run_linear(index, 0, x, t, q.data(), options);
+  run_linear(index, 1, x, t, kbuf, options);
+  run_linear(index, 2, x, t, vbuf, options);
   rope(q.data(), t, nq, qw, pos0);
   rope(kbuf, t, nkv, kvw, pos0);
 
@@ -452,20 +441,85 @@ void LlamaModel::forward_layer(std::int64_t index, Tensor& hidden, const LayerOp
       gemm(scores.data(), rows, s, vp, attn.data() + r0 * qw + head * d, qw);
     }
   });
-  run(3, attn.data(), x.data());
-  for (std::int64_t i = 0; i < t * h; ++i) hs[i] += x[static_cast<std::size_t>(i)];
+  run_linear(index, 3, attn.data(), t, out, options);
+}
 
-  // ---- MLP ----
+void LlamaModel::mlp_into(std::int64_t index, const float* x, std::int64_t t, float* out,
+                          const LayerOptions& options) const {
+  const std::int64_t inter = config_.intermediate_size;
   std::vector<float> gate(static_cast<std::size_t>(t * inter));
   std::vector<float> up(static_cast<std::size_t>(t * inter));
-  rms_norm(hs, t, L.post_attention_layernorm, x.data());
-  run(4, x.data(), gate.data());
-  run(5, x.data(), up.data());
+  run_linear(index, 4, x, t, gate.data(), options);
+  run_linear(index, 5, x, t, up.data(), options);
   parallel_for(t * inter, 16384, [&](std::int64_t i0, std::int64_t i1) {
     silu_mul(gate.data() + i0, up.data() + i0, i1 - i0);
   });
-  run(6, gate.data(), x.data());
-  for (std::int64_t i = 0; i < t * h; ++i) hs[i] += x[static_cast<std::size_t>(i)];
+  run_linear(index, 6, gate.data(), t, out, options);
+}
+
+void LlamaModel::forward_layer(std::int64_t index, Tensor& hidden, const LayerOptions& options) const {
+  const DecoderLayer& L = layer(index);
+  const LlamaConfig& c = config_;
+  const std::int64_t h = c.hidden_size;
+  check_hidden(hidden, "forward_layer");
+  const std::int64_t t = hidden.size(0);
+  const std::int64_t pos0 = options.position;
+  LOWBIT_CHECK(pos0 >= 0, ErrorCode::InvalidArgument, "llama: position {} is negative", pos0);
+  KvCache* cache = options.cache;
+  if (cache != nullptr) {
+    LOWBIT_CHECK(pos0 + t <= cache->capacity() && cache->row_width() == c.num_key_value_heads * c.head_dim,
+                 ErrorCode::InvalidArgument,
+                 "llama: positions [{}, {}) do not fit the kv cache (capacity {}, row width {}, model needs {})", pos0,
+                 pos0 + t, cache->capacity(), cache->row_width(), c.num_key_value_heads * c.head_dim);
+  }
+  if (t == 0) return;
+  float* hs = hidden.data<float>();
+  std::vector<float> x(static_cast<std::size_t>(t * h));
+  std::vector<float> y(static_cast<std::size_t>(t * h));
+  rms_norm(hs, t, L.input_layernorm, x.data());
+  attention_into(index, x.data(), t, y.data(), options);
+  for (std::int64_t i = 0; i < t * h; ++i) hs[i] += y[static_cast<std::size_t>(i)];
+  rms_norm(hs, t, L.post_attention_layernorm, x.data());
+  mlp_into(index, x.data(), t, y.data(), options);
+  for (std::int64_t i = 0; i < t * h; ++i) hs[i] += y[static_cast<std::size_t>(i)];
+}
+
+Tensor LlamaModel::layer_norm(std::int64_t index, LayerNorm which, const Tensor& hidden) const {
+  const DecoderLayer& L = layer(index);
+  check_hidden(hidden, "layer_norm");
+  Tensor out = Tensor::empty(hidden.shape(), DType::F32);
+  rms_norm(hidden.data<float>(), hidden.size(0),
+           which == LayerNorm::Input ? L.input_layernorm : L.post_attention_layernorm, out.data<float>());
+  return out;
+}
+
+Tensor LlamaModel::attention(std::int64_t index, const Tensor& normed, const LayerOptions& options) const {
+  layer(index);
+  check_hidden(normed, "attention");
+  LOWBIT_CHECK(options.cache == nullptr && options.position >= 0, ErrorCode::InvalidArgument,
+               "llama: attention() takes no kv cache and a position >= 0 (got {})", options.position);
+  const std::int64_t t = normed.size(0);
+  Tensor out = Tensor::empty({t, config_.hidden_size}, DType::F32);
+  if (t > 0) attention_into(index, normed.data<float>(), t, out.data<float>(), options);
+  return out;
+}
+
+Tensor LlamaModel::mlp(std::int64_t index, const Tensor& normed, const LayerOptions& options) const {
+  layer(index);
+  check_hidden(normed, "mlp");
+  const std::int64_t t = normed.size(0);
+  Tensor out = Tensor::empty({t, config_.hidden_size}, DType::F32);
+  if (t > 0) mlp_into(index, normed.data<float>(), t, out.data<float>(), options);
+  return out;
+}
+
+void LlamaModel::set_layer_norm(std::int64_t index, LayerNorm which, std::vector<float> weight) {
+  layer(index);
+  LOWBIT_CHECK(static_cast<std::int64_t>(weight.size()) == config_.hidden_size, ErrorCode::ShapeMismatch,
+               "llama: set_layer_norm({}): {} weights, the model's hidden size is {}", index, weight.size(),
+               config_.hidden_size);
+  DecoderLayer& L = layers_[static_cast<std::size_t>(index)];
+  (which == LayerNorm::Input ? L.input_layernorm : L.post_attention_layernorm) = std::move(weight);
 }
 
 Tensor LlamaModel::final_norm(const Tensor& hidden) const {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/quant/affine.hpp"
+#include "lowbit/quant/awq.hpp"
 #include "lowbit/quant/bnb8.hpp"
 #include "lowbit/quant/gptq.hpp"
 #include "lowbit/quant/hqq.hpp"
@@ -23,6 +24,7 @@ const std::vector<MethodInfo>& methods() {
     v.push_back(hqq_method_info());
     v.push_back(llm_int8_method_info());
     v.push_back(gptq_method_info());
+    v.push_back(awq_method_info());
     return v;
   }();
   return all;

@@ -50,6 +50,7 @@ TEST(QuantizedForward, EveryMethodEqualsItsDequantizedWeights) {
   int tested = 0;
   for (const quant::MethodInfo& method : quant::methods()) {
     SCOPED_TRACE(method.name);
+    if (method.layer_level) continue;  // whole-layer methods (AWQ): tests/model/awq_layer_test.cpp
     TempDir quantized_dir;
     TempDir dense_dir;
     TensorMap dequantized = tensors;
@@ -65,7 +66,7 @@ TEST(QuantizedForward, EveryMethodEqualsItsDequantizedWeights) {
           continue;
         }
         // A calibration-based method gets the Hessian of random inputs with a few loud channels.
-        const quant::QuantizedTensor q = method.calibrated()
+        const quant::QuantizedTensor q = method.quantize_calibrated
                                              ? method.quantize_calibrated(t, method.defaults,
                                                                           random_calibration(t.size(1), method.needs),
                                                                           quant::SolverOptions{})

@@ -19,6 +19,13 @@
 // A data-free method needs no capture pass: its linears are quantized straight from their weights, and
 // only the propagation pass runs (so that the report's output errors are measured on the same inputs).
 //
+// A method that transforms a whole layer (AWQ: scales folded into the norms and into previous linears, so
+// the checkpoint must carry changed norm weights and biases) runs as a LayerMethod instead: per layer, after
+// the full-precision outputs are taken, it gets the layer's full-precision inputs, quantizes the layer as
+// it likes, and leaves the layer in its quantized state (quantized linears running as their dequantized
+// weights, norms replaced); the driver hands its quantized weights to on_quantized and the dense tensors
+// it replaced to on_replaced. quantize_layerwise picks model/awq_layer.hpp's for the method "awq".
+//
 // Memory: the model must be loaded with LoadOptions::layers_on_demand. At any time the driver holds one
 // decoder layer's weights (full precision, then quantized), the calibration activations (samples x
 // seqlen x hidden floats, twice with FullPrecision), one layer's intermediate activations for one sample,
@@ -45,6 +52,23 @@ enum class Propagation : std::uint8_t {
   FullPrecision,  // the next layer sees the full-precision layer's outputs (AWQ)
 };
 
+// What a LayerMethod made of one layer.
+struct LayerQuantized {
+  std::string weight_name;      // "model.layers.3.mlp.down_proj.weight"
+  quant::QuantizedTensor q;
+  Tensor reference;             // f32 [n, k]: the full-precision weight q stands for (after any folding)
+  std::int64_t calibration_tokens = 0;
+};
+struct LayerResult {
+  std::vector<LayerQuantized> quantized;                // in kLayerLinears order
+  std::vector<std::pair<std::string, Tensor>> replaced;  // dense tensors (f32) that replace the checkpoint's
+  std::uint64_t held_bytes = 0;                          // the most it held at once beyond the layer's weights
+};
+// (model, layer, the layer's full-precision inputs one tensor per sample, which of its linears to quantize
+// by kLayerLinears index). The layer is loaded and full precision when it is called.
+using LayerMethod = std::function<LayerResult(LlamaModel& model, std::int64_t layer, std::span<const Tensor> inputs,
+                                              const std::function<bool(int linear)>& selected)>;
+
 struct LayerwiseOptions {
   const quant::MethodInfo* method = nullptr;  // required
   quant::QuantParams params;
@@ -56,6 +80,11 @@ struct LayerwiseOptions {
   std::function<bool(const std::string& weight_name)> select;
   // Called with each quantized weight as soon as it is made (write it out; it is not kept).
   std::function<void(const std::string& weight_name, const quant::QuantizedTensor& q)> on_quantized;
+  // Whole-layer methods: empty picks the method's own (AWQ) or none (linear-by-linear methods).
+  LayerMethod layer_method;
+  // Called with each dense tensor a LayerMethod replaced (norm weights, folded biases), f32, to be written
+  // instead of the checkpoint's.
+  std::function<void(const std::string& name, const Tensor& value)> on_replaced;
   // Called after layer l is done and released (its other tensors can be written out then).
   std::function<void(std::int64_t layer)> on_layer_done;
   // Stage "quantize"; one step per group of each layer; item "layer 3/32 mlp.gate_proj+up_proj".

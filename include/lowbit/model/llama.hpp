@@ -143,6 +143,16 @@ class LlamaModel {
   // Runs decoder layer `layer` on hidden states f32 [T, hidden] (contiguous), in place.
   void forward_layer(std::int64_t layer, Tensor& hidden, const LayerOptions& options = {}) const;
   Tensor final_norm(const Tensor& hidden) const;  // f32 [T, hidden]
+  // forward_layer in its pieces, as AWQ inspects them (awq.md section 2.4):
+  //     forward_layer(h) = h' + mlp(layer_norm(PostAttention, h')),  h' = h + attention(layer_norm(Input, h))
+  // layer_norm: rms_norm(hidden) * the norm's weight. attention: the self-attention block's output a Wo^T
+  // (q/k/v, RoPE, causal softmax, o; no residual) on normed inputs; mlp: (silu(x Wgate^T) * x Wup^T)
+  // Wdown^T. All f32 [T, hidden] in and out (contiguous); the hook sees the linears' inputs as in
+  // forward_layer. attention() takes no cache (options.cache must be null).
+  enum class LayerNorm : std::uint8_t { Input, PostAttention };
+  Tensor layer_norm(std::int64_t layer, LayerNorm which, const Tensor& hidden) const;
+  Tensor attention(std::int64_t layer, const Tensor& normed, const LayerOptions& options = {}) const;
+  Tensor mlp(std::int64_t layer, const Tensor& normed, const LayerOptions& options = {}) const;
   Tensor lm_head(const Tensor& normed) const;     // f32 [T, vocab]
 
   // ---- weights ----
@@ -161,6 +171,9 @@ class LlamaModel {
   // Replaces one linear (a quantized one for a dense one, say); n and k must stay. Throws
   // InvalidArgument for an unknown name, ShapeMismatch for other dimensions.
   void set_linear(std::string_view name, std::unique_ptr<Linear> linear);
+  // Replaces a loaded layer's norm weight ([hidden]; AWQ folds its scales into it). Throws InvalidArgument
+  // for a layer not loaded, ShapeMismatch for another length.
+  void set_layer_norm(std::int64_t layer, LayerNorm which, std::vector<float> weight);
   // The checkpoint the model was loaded from (its tensors stay memory-mapped).
   const io::Checkpoint& checkpoint() const noexcept { return *checkpoint_; }
 
@@ -168,6 +181,11 @@ class LlamaModel {
   LlamaModel() = default;
   std::unique_ptr<Linear>& linear_slot(std::string_view name);
   void rms_norm(const float* x, std::int64_t rows, const std::vector<float>& weight, float* y) const;
+  void check_hidden(const Tensor& hidden, std::string_view operation) const;
+  void run_linear(std::int64_t layer, int linear, const float* input, std::int64_t t, float* output,
+                  const LayerOptions& options) const;
+  void attention_into(std::int64_t layer, const float* x, std::int64_t t, float* out, const LayerOptions& options) const;
+  void mlp_into(std::int64_t layer, const float* x, std::int64_t t, float* out, const LayerOptions& options) const;
   void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t row_stride, std::int64_t position) const;
 
   LlamaConfig config_;

@@ -20,6 +20,8 @@ struct SolverOptions {
   bool static_groups = false;     // GPTQ: group grids fixed from the unpermuted W before the solve
   std::int64_t block_size = 128;  // GPTQ lazy-batch block
   bool mse = false;               // GPTQ quantizer's grid search (norm 2.4, grid 100, maxshrink 0.8)
+  bool duo_scaling = false;       // AWQ: AutoAWQ's x_mean^a / (w_mean^(1-a) + 1e-4) (default: llm-awq's x_mean^a)
+  bool clip = true;               // AWQ: the clip search
 };
 
 struct MethodInfo {
@@ -39,7 +41,10 @@ struct MethodInfo {
   std::function<QuantizedTensor(const Tensor& weight, const QuantParams& params, const Calibration& calibration,
                                 const SolverOptions& options)>
       quantize_calibrated;
-  bool calibrated() const noexcept { return static_cast<bool>(quantize_calibrated); }
+  // Methods that transform whole decoder layers (AWQ: scales folded into norms and previous linears) run
+  // only under the layer-by-layer driver (model/layerwise.hpp), which finds their layer procedure by name.
+  bool layer_level = false;
+  bool calibrated() const noexcept { return static_cast<bool>(quantize_calibrated) || layer_level; }
 };
 
 // All registered methods, in a fixed order.
