@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes .venv with the ecosystem's Python packages that the interoperability tests compare against.
 #   scripts/setup-python.sh              numpy + safetensors (small)
-#   scripts/setup-python.sh --reference  also torch, bitsandbytes, hqq, transformers (~4.5 GB, a few minutes)
+#   scripts/setup-python.sh --reference  also torch, bitsandbytes, hqq, transformers, gptqmodel, autoawq
+#                                        (~5 GB, a few minutes)
 # Optional for users (those tests report "skipped" without it); .ci/run runs it with --reference.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -11,4 +12,6 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" -r "$root/tests/interop/requirements.txt"
 if [ "${1:-}" = "--reference" ]; then
   "${pip[@]}" -r "$root/tests/interop/requirements-reference.txt"
+  # AutoAWQ (archived) pins an old torch; its unpacking code runs on the torch above, so skip its pins.
+  "${pip[@]}" --no-deps autoawq
 fi
