@@ -8,7 +8,9 @@
 #                  stories15M, else c4-sample.txt)
 #   PPL_ARGS       perplexity options (default: per-story for stories15M; else windows of 2048 over the
 #                  joined WikiText rows, first 32768 tokens: a CPU-sized sample of the papers' protocol)
-#   PPL_METHODS    space-separated subset of the rows below, by name (default: all available)
+#   PPL_SET        methods (default): every method at 4 bits and the 8-bit ones; gptq: RTN and GPTQ at
+#                  w4 g32/g128/per-channel, w3 g32, w2 g32, with and without act-order
+#   PPL_METHODS    space-separated subset of the rows' methods (default: all available)
 #   PPL_OUT        folder for the quantized models (default: out/ppl-table; each is removed after use)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,21 +35,39 @@ for f in "$text" "$calib"; do [ -f "$f" ] || { echo "ppl-table.sh: no text at '$
 out=${PPL_OUT:-$root/out/ppl-table}
 mkdir -p "$out"
 
-# name | quantize arguments | needs calibration
-rows=(
-  "RTN w4 g128|--method rtn --bits 4 --group-size 128|"
-  "RTN w4 g32|--method rtn --bits 4 --group-size 32|"
-  "GPTQ w4 g128|--method gptq --bits 4 --group-size 128|calib"
-  "GPTQ w4 g32|--method gptq --bits 4 --group-size 32|calib"
-  "AWQ w4 g128|--method awq --bits 4 --group-size 128|calib"
-  "HQQ w4 g64|--method hqq --bits 4 --group-size 64|"
-  "NF4 b64|--method nf4|"
-  "NF4 b64 + double quant|--method nf4 --double-quant|"
-  "FP4 b64|--method fp4|"
-  "int8 per row|--method int8|"
-  "LLM.int8()|--method llm-int8|"
-  "bnb 8-bit blockwise|--method bnb8|"
-)
+# name | quantize arguments | "calib" and any calibration arguments, for calibration-based methods
+case "${PPL_SET:-methods}" in
+  methods)  # every method at 4 bits, then the 8-bit ones
+    rows=(
+      "RTN w4 g128|--method rtn --bits 4 --group-size 128|"
+      "RTN w4 g32|--method rtn --bits 4 --group-size 32|"
+      "GPTQ w4 g128|--method gptq --bits 4 --group-size 128|calib"
+      "GPTQ w4 g32|--method gptq --bits 4 --group-size 32|calib"
+      "AWQ w4 g128|--method awq --bits 4 --group-size 128|calib --calib-split documents"
+      "AWQ w4 g32|--method awq --bits 4 --group-size 32|calib --calib-split documents"
+      "AWQ w4 g32 duo scaling|--method awq --bits 4 --group-size 32 --duo-scaling|calib --calib-split documents"
+      "HQQ w4 g64|--method hqq --bits 4 --group-size 64|"
+      "NF4 b64|--method nf4|"
+      "NF4 b64 + double quant|--method nf4 --double-quant|"
+      "FP4 b64|--method fp4|"
+      "int8 per row|--method int8|"
+      "LLM.int8()|--method llm-int8|"
+      "bnb 8-bit blockwise|--method bnb8|"
+    )
+    ;;
+  gptq)  # GPTQ against RTN on the same grid (asymmetric, the reference's default), with and without act-order
+    rows=()
+    for setting in "w4 g32|--bits 4 --group-size 32" "w4 g128|--bits 4 --group-size 128" \
+                   "w4 per-channel|--bits 4 --group-size -1" "w3 g32|--bits 3 --group-size 32" \
+                   "w2 g32|--bits 2 --group-size 32"; do
+      IFS='|' read -r label flags <<<"$setting"
+      rows+=("RTN $label|--method rtn --asym $flags|"
+             "GPTQ $label|--method gptq --asym $flags|calib"
+             "GPTQ $label act-order|--method gptq --asym --act-order $flags|calib")
+    done
+    ;;
+  *) echo "ppl-table.sh: PPL_SET='$PPL_SET' is not one of: methods, gptq" >&2; exit 2 ;;
+esac
 available=$("$lowbit" quantize --help | sed -n 's/^ \{20,\}\([a-z0-9_-]*\) .*/\1/p')
 
 ppl_of() {  # model folder -> "PPL seconds"
@@ -64,7 +84,8 @@ mib() { awk -v b="$1" 'BEGIN {printf "%.2f MiB", b / 1048576}'; }
 read -r base_ppl _ < <(ppl_of "$model")
 base_bytes=$(weights_bytes "$model")
 echo "Model \`$(basename "$model")\`; perplexity: \`lowbit perplexity MODEL --text $(basename "$text") $ppl_args\`;"
-echo "calibration-based methods on \`$(basename "$calib")\` ($calib_args); $(nproc) threads."
+echo "calibration-based methods on \`$(basename "$calib")\` ($calib_args; GPTQ in random windows, AWQ one sample per"
+echo "document as each reference's loader does); $(nproc) threads."
 echo
 echo "| method | bits/weight | size on disk | PPL | delta | quantize time |"
 echo "|---|---:|---:|---:|---:|---:|"
@@ -78,7 +99,7 @@ for row in "${rows[@]}"; do
   if [ -n "${PPL_METHODS:-}" ] && ! grep -qw -- "$method" <<<"$PPL_METHODS"; then continue; fi
   dest=$out/$(tr -c 'a-zA-Z0-9\n' '_' <<<"$name")
   extra=""
-  [ -n "$calibrated" ] && extra="--calib $calib $calib_args"
+  [ -n "$calibrated" ] && extra="--calib $calib $calib_args ${calibrated#calib}"
   t0=$(date +%s.%N)
   # shellcheck disable=SC2086
   if ! log=$("$lowbit" quantize $args $extra "$model" "$dest" 2>&1); then

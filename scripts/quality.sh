@@ -18,6 +18,10 @@ tmp=$(mktemp)
   echo
   "$root/scripts/ppl-table.sh" "$model"
   echo
+  echo "## GPTQ against RTN on the same grid"
+  echo
+  PPL_SET=gptq "$root/scripts/ppl-table.sh" "$model"
+  echo
   echo "## Weight error of the data-free methods"
   echo
   echo "Made by \`lowbit quality $(basename "$model")\`."
