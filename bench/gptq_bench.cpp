@@ -1,6 +1,7 @@
 // GPTQ on the CPU: one layer's solve (dead columns, damping, the fp64 factor of H^-1, the column sweep with
 // lazy-batch updates, the output tensor), W [n, k] fp16 with k = 4096 (Llama-7B's q/k/v/o and gate/up
-// shapes), 4-bit asymmetric, group 128 and per row, act-order on and off. H is fixed: the covariance of
+// shapes), 4-bit asymmetric, group 128 and per row, act-order on and off, the factor in fp64 (default) and
+// fp32 (the reference's precision). H is fixed: the covariance of
 // random correlated inputs (bench_hessian below). Counters: `loss` (the reference's sum of Losses) and
 // `proxy` (tr((W - W_hat) H (W - W_hat)^T), fp64, computed once outside the timed loop).
 //
@@ -81,6 +82,7 @@ void BM_GptqSolve(benchmark::State& state) {
   lowbit::quant::GptqConfig config;  // 4 bit, asymmetric, damp 0.01, blocks of 128 (the reference's defaults)
   config.group_size = state.range(2);
   config.act_order = state.range(3) != 0;
+  config.factor_dtype = state.range(4) != 0 ? lowbit::DType::F64 : lowbit::DType::F32;
   lowbit::quant::GptqResult result;
   for (auto _ : state) {
     result = lowbit::quant::quantize_gptq(l.w, l.h, config);
@@ -92,12 +94,14 @@ void BM_GptqSolve(benchmark::State& state) {
   state.counters["fallback"] = result.fallback ? 1 : 0;
 }
 BENCHMARK(BM_GptqSolve)
-    ->ArgNames({"n", "k", "group", "act"})
-    ->Args({4096, 4096, 128, 0})
-    ->Args({4096, 4096, -1, 0})
-    ->Args({4096, 4096, 128, 1})
-    ->Args({11008, 4096, 128, 0})
-    ->Args({11008, 4096, 128, 1})
+    ->ArgNames({"n", "k", "group", "act", "f64"})
+    ->Args({4096, 4096, 128, 0, 1})
+    ->Args({4096, 4096, -1, 0, 1})
+    ->Args({4096, 4096, 128, 1, 1})
+    ->Args({11008, 4096, 128, 0, 1})
+    ->Args({11008, 4096, 128, 1, 1})
+    ->Args({4096, 4096, 128, 0, 0})
+    ->Args({11008, 4096, 128, 0, 0})
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime()
     ->UseRealTime()

@@ -483,22 +483,23 @@ constexpr std::int64_t kInnerChunk = 256;
 // In-place lower Cholesky of the row-major [n, n] matrix a (lower triangle read and written; entries above
 // the diagonal are scratch afterwards). Returns -1 on success, else the first column whose pivot was not
 // positive (or not finite).
-std::int64_t cholesky_lower(double* a, std::int64_t n, const Kernels<double>& kr) {
-  std::vector<double> lt(static_cast<std::size_t>(kFactorBlock * kFactorBlock));
-  std::vector<double> packed;
+template <typename T>
+std::int64_t cholesky_lower(T* a, std::int64_t n, const Kernels<T>& kr) {
+  std::vector<T> lt(static_cast<std::size_t>(kFactorBlock * kFactorBlock));
+  std::vector<T> packed;
   for (std::int64_t j0 = 0; j0 < n; j0 += kFactorBlock) {
     const std::int64_t jb = std::min(kFactorBlock, n - j0);
     // Diagonal block, left-looking inside the block (earlier blocks were applied by the trailing updates).
     for (std::int64_t j = j0; j < j0 + jb; ++j) {
-      double* rj = a + j * n;
-      double d = rj[j];
+      T* rj = a + j * n;
+      T d = rj[j];
       for (std::int64_t p = j0; p < j; ++p) d -= rj[p] * rj[p];
       if (!(d > 0.0) || !std::isfinite(d)) return j;
       d = std::sqrt(d);
       rj[j] = d;
       for (std::int64_t i = j + 1; i < j0 + jb; ++i) {
-        double* ri = a + i * n;
-        double s = ri[j];
+        T* ri = a + i * n;
+        T s = ri[j];
         for (std::int64_t p = j0; p < j; ++p) s -= ri[p] * rj[p];
         ri[j] = s / d;
       }
@@ -508,11 +509,11 @@ std::int64_t cholesky_lower(double* a, std::int64_t n, const Kernels<double>& kr
     if (m == 0) break;
     // L11^T, row-major: row p holds column p of L11, so the panel solve below runs on contiguous rows.
     for (std::int64_t p = 0; p < jb; ++p)
-      for (std::int64_t q = 0; q < jb; ++q) lt[p * jb + q] = q >= p ? a[(j0 + q) * n + j0 + p] : 0.0;
+      for (std::int64_t q = 0; q < jb; ++q) lt[p * jb + q] = q >= p ? a[(j0 + q) * n + j0 + p] : T{0};
     // Panel: each row x of A21 solves x L11^T = a (forward substitution, one axpy per column).
     parallel_for(m, 32, [&](std::int64_t b, std::int64_t e) {
       for (std::int64_t i = s0 + b; i < s0 + e; ++i) {
-        double* x = a + i * n + j0;
+        T* x = a + i * n + j0;
         for (std::int64_t p = 0; p < jb; ++p) {
           x[p] /= lt[p * jb + p];
           kr.axpy(x + p + 1, lt.data() + p * jb + p + 1, x[p], jb - p - 1);
@@ -521,24 +522,24 @@ std::int64_t cholesky_lower(double* a, std::int64_t n, const Kernels<double>& kr
     });
     // Trailing update, lower triangle: A22 -= A21 A21^T. A21^T is packed into panels of nr columns of A22.
     const std::int64_t panels = (m + kr.nr - 1) / kr.nr;
-    packed.assign(static_cast<std::size_t>(panels * jb * kr.nr), 0.0);
+    packed.assign(static_cast<std::size_t>(panels * jb * kr.nr), T{0});
     parallel_for(panels, 4, [&](std::int64_t q0, std::int64_t q1) {
       for (std::int64_t q = q0; q < q1; ++q) {
-        double* dst = packed.data() + q * jb * kr.nr;
+        T* dst = packed.data() + q * jb * kr.nr;
         for (int jj = 0; jj < kr.nr && q * kr.nr + jj < m; ++jj) {
-          const double* src = a + (s0 + q * kr.nr + jj) * n + j0;
+          const T* src = a + (s0 + q * kr.nr + jj) * n + j0;
           for (std::int64_t p = 0; p < jb; ++p) dst[p * kr.nr + jj] = src[p];
         }
       }
     });
     const std::int64_t row_tiles = (m + kr.mr - 1) / kr.mr;
     parallel_triangle(row_tiles, [&](std::int64_t t) {
-      thread_local std::vector<double> scratch;
+      thread_local std::vector<T> scratch;
       const std::int64_t i0 = t * kr.mr;
       const int rr = static_cast<int>(std::min<std::int64_t>(kr.mr, m - i0));
       const std::int64_t last_col = i0 + rr - 1;  // columns 0..last_col of A22 (relative) are needed
       std::int64_t alda = 0;
-      const double* ap = padded_rows(kr, a + (s0 + i0) * n + j0, n, rr, jb, scratch, alda);
+      const T* ap = padded_rows(kr, a + (s0 + i0) * n + j0, n, rr, jb, scratch, alda);
       for (std::int64_t q = 0; q * kr.nr <= last_col; ++q) {
         const int cc = static_cast<int>(std::min<std::int64_t>(kr.nr, m - q * kr.nr));
         apply_tile(kr, ap, alda, rr, packed.data() + q * jb * kr.nr, jb, a + (s0 + i0) * n + s0 + q * kr.nr, n, cc,
@@ -550,17 +551,19 @@ std::int64_t cholesky_lower(double* a, std::int64_t n, const Kernels<double>& kr
 }
 
 // Zeroes the strict upper triangle (the Cholesky's diagonal tiles leave scratch there).
-void zero_upper(double* a, std::int64_t n) {
+template <typename T>
+void zero_upper(T* a, std::int64_t n) {
   parallel_for(n, 64, [&](std::int64_t b, std::int64_t e) {
-    for (std::int64_t i = b; i < e; ++i) std::fill(a + i * n + i + 1, a + (i + 1) * n, 0.0);
+    for (std::int64_t i = b; i < e; ++i) std::fill(a + i * n + i + 1, a + (i + 1) * n, T{0});
   });
 }
 
 // In-place inverse of the lower-triangular [n, n] row-major matrix a (strict upper triangle zero on entry
 // and on exit). Blocked, right to left: with the trailing part already inverted (X22),
 // X21 = -X22 L21 L11^-1, then L11 is inverted.
-void invert_lower(double* a, std::int64_t n, const Kernels<double>& kr) {
-  std::vector<double> packed, t, l11(static_cast<std::size_t>(kFactorBlock * kFactorBlock));
+template <typename T>
+void invert_lower(T* a, std::int64_t n, const Kernels<T>& kr) {
+  std::vector<T> packed, t, l11(static_cast<std::size_t>(kFactorBlock * kFactorBlock));
   const std::int64_t last = ((n - 1) / kFactorBlock) * kFactorBlock;
   for (std::int64_t j0 = last; j0 >= 0; j0 -= kFactorBlock) {
     const std::int64_t jb = std::min(kFactorBlock, n - j0);
@@ -569,27 +572,27 @@ void invert_lower(double* a, std::int64_t n, const Kernels<double>& kr) {
     if (m > 0) {
       // L21 [m, jb] packed into panels of nr of its columns, all m rows (the inner dimension of X22 L21).
       const std::int64_t panels = (jb + kr.nr - 1) / kr.nr;
-      packed.assign(static_cast<std::size_t>(panels * m * kr.nr), 0.0);
+      packed.assign(static_cast<std::size_t>(panels * m * kr.nr), T{0});
       parallel_for(m, 256, [&](std::int64_t b, std::int64_t e) {
         for (std::int64_t l = b; l < e; ++l) {
-          const double* src = a + (s0 + l) * n + j0;
+          const T* src = a + (s0 + l) * n + j0;
           for (std::int64_t q = 0; q < panels; ++q)
             for (int jj = 0; jj < kr.nr && q * kr.nr + jj < jb; ++jj)
               packed[static_cast<std::size_t>((q * m + l) * kr.nr + jj)] = src[q * kr.nr + jj];
         }
       });
       // T = X22 L21 [m, jb]: row i needs X22[i, 0..i] only (the rest is zero).
-      t.assign(static_cast<std::size_t>(m * jb), 0.0);
+      t.assign(static_cast<std::size_t>(m * jb), T{0});
       const std::int64_t row_tiles = (m + kr.mr - 1) / kr.mr;
       parallel_triangle(row_tiles, [&](std::int64_t tile) {
-        thread_local std::vector<double> scratch;
+        thread_local std::vector<T> scratch;
         const std::int64_t i0 = tile * kr.mr;
         const int rr = static_cast<int>(std::min<std::int64_t>(kr.mr, m - i0));
         const std::int64_t inner = i0 + rr;  // X22 columns 0..inner-1 can be nonzero in these rows
         for (std::int64_t l0 = 0; l0 < inner; l0 += kInnerChunk) {
           const std::int64_t kc = std::min(kInnerChunk, inner - l0);
           std::int64_t alda = 0;
-          const double* ap = padded_rows(kr, a + (s0 + i0) * n + s0 + l0, n, rr, kc, scratch, alda);
+          const T* ap = padded_rows(kr, a + (s0 + i0) * n + s0 + l0, n, rr, kc, scratch, alda);
           for (std::int64_t q = 0; q < panels; ++q) {
             const int cc = static_cast<int>(std::min<std::int64_t>(kr.nr, jb - q * kr.nr));
             apply_tile(kr, ap, alda, rr, packed.data() + (q * m + l0) * kr.nr, kc, t.data() + i0 * jb + q * kr.nr, jb,
@@ -600,11 +603,11 @@ void invert_lower(double* a, std::int64_t n, const Kernels<double>& kr) {
       // X21 = -T L11^-1: each row y solves y L11 = -t (back substitution, one axpy per column).
       parallel_for(m, 32, [&](std::int64_t b, std::int64_t e) {
         for (std::int64_t i = b; i < e; ++i) {
-          double* y = a + (s0 + i) * n + j0;
-          const double* ti = t.data() + i * jb;
+          T* y = a + (s0 + i) * n + j0;
+          const T* ti = t.data() + i * jb;
           for (std::int64_t q = 0; q < jb; ++q) y[q] = -ti[q];
           for (std::int64_t p = jb - 1; p >= 0; --p) {
-            const double* lp = a + (j0 + p) * n + j0;
+            const T* lp = a + (j0 + p) * n + j0;
             y[p] /= lp[p];
             kr.axpy(y, lp, y[p], p);
           }
@@ -615,9 +618,9 @@ void invert_lower(double* a, std::int64_t n, const Kernels<double>& kr) {
     for (std::int64_t i = 0; i < jb; ++i)
       for (std::int64_t q = 0; q <= i; ++q) l11[static_cast<std::size_t>(i * jb + q)] = a[(j0 + i) * n + j0 + q];
     for (std::int64_t j = 0; j < jb; ++j) {
-      a[(j0 + j) * n + j0 + j] = 1.0 / l11[static_cast<std::size_t>(j * jb + j)];
+      a[(j0 + j) * n + j0 + j] = T{1} / l11[static_cast<std::size_t>(j * jb + j)];
       for (std::int64_t i = j + 1; i < jb; ++i) {
-        double s = 0.0;
+        T s = T{0};
         for (std::int64_t p = j; p < i; ++p) s += l11[static_cast<std::size_t>(i * jb + p)] * a[(j0 + p) * n + j0 + j];
         a[(j0 + i) * n + j0 + j] = -s / l11[static_cast<std::size_t>(i * jb + i)];
       }
@@ -644,6 +647,8 @@ void check_config(const GptqConfig& c) {
   LOWBIT_CHECK(c.block_size >= 1, ErrorCode::InvalidArgument, "{}: block_size = {} must be >= 1", kOp, c.block_size);
   LOWBIT_CHECK(c.scale_dtype == DType::F16 || c.scale_dtype == DType::F32, ErrorCode::InvalidArgument,
                "{}: scale_dtype {} is not supported; valid: f16, f32", kOp, dtype_name(c.scale_dtype));
+  LOWBIT_CHECK(c.factor_dtype == DType::F64 || c.factor_dtype == DType::F32, ErrorCode::InvalidArgument,
+               "{}: factor_dtype {} is not supported; valid: f64, f32", kOp, dtype_name(c.factor_dtype));
   if (c.mse) {
     LOWBIT_CHECK(std::isfinite(c.mse_norm) && c.mse_norm > 0.0, ErrorCode::InvalidArgument,
                  "{}: mse_norm = {} must be > 0", kOp, c.mse_norm);
@@ -766,27 +771,33 @@ struct Problem {
 };
 
 // The factor of the damped H, reversed: a holds M^-1 where J H_d J = M M^T (lower M), so that
-// U[c1, c2] = a[(k-1-c1) * k + (k-1-c2)] for c2 >= c1 (processing order).
+// U[c1, c2] = a[(k-1-c1) * k + (k-1-c2)] for c2 >= c1 (processing order). One of a64 / a32 is set.
 struct Factor {
-  std::unique_ptr<double[]> a;
+  std::unique_ptr<double[]> a64;
+  std::unique_ptr<float[]> a32;
   bool identity = false;  // the fallback: U = I
+  float u(std::int64_t k, std::int64_t c1, std::int64_t c2) const {
+    const std::size_t i = static_cast<std::size_t>((k - 1 - c1) * k + (k - 1 - c2));
+    return a64 ? static_cast<float>(a64[i]) : a32[i];
+  }
 };
 
 // Fills the work matrix with J P^T H_d P J (lower triangle; zeros above) and factors it. True on success.
-bool try_factor(double* a, const HessianView& h, const Problem& pb, const std::vector<double>& diag, double lambda,
-                const Kernels<double>& kr) {
+template <typename T>
+bool try_factor(T* a, const HessianView& h, const Problem& pb, const std::vector<double>& diag, double lambda,
+                const Kernels<T>& kr) {
   const std::int64_t k = pb.k;
   parallel_for(k, 16, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t r1 = b; r1 < e; ++r1) {
-      double* row = a + r1 * k;
+      T* row = a + r1 * k;
       const std::int64_t o1 = pb.perm[static_cast<std::size_t>(k - 1 - r1)];
       const std::int64_t hrow = o1 * k;
       for (std::int64_t r2 = 0; r2 < r1; ++r2) {
         const std::int64_t o2 = pb.perm[static_cast<std::size_t>(k - 1 - r2)];
-        row[r2] = h.f64 != nullptr ? h.f64[hrow + o2] : static_cast<double>(h.f32[hrow + o2]);
+        row[r2] = static_cast<T>(h.f64 != nullptr ? h.f64[hrow + o2] : static_cast<double>(h.f32[hrow + o2]));
       }
-      row[r1] = diag[static_cast<std::size_t>(o1)] + lambda;
-      std::fill(row + r1 + 1, row + k, 0.0);
+      row[r1] = static_cast<T>(diag[static_cast<std::size_t>(o1)] + lambda);
+      std::fill(row + r1 + 1, row + k, T{0});
     }
   });
   return cholesky_lower(a, k, kr) < 0;
@@ -801,8 +812,9 @@ struct FactorOutcome {
 };
 
 // GPTQModel's schedule (gptq.md section 4): damp, damp + increment, ... below 1; then diagonal floors.
-FactorOutcome factor_with_schedule(double* a, const HessianView& h, const Problem& pb, const GptqConfig& cfg,
-                                   const Kernels<double>& kr) {
+template <typename T>
+FactorOutcome factor_with_schedule(T* a, const HessianView& h, const Problem& pb, const GptqConfig& cfg,
+                                   const Kernels<T>& kr) {
   FactorOutcome out;
   const std::int64_t k = pb.k;
   double max_abs_diag = 0.0;
@@ -882,9 +894,7 @@ void sweep(const Problem& pb, const Factor& f, const GptqConfig& cfg, const Kern
   // work; any split gives the same numbers.
   constexpr std::int64_t kRowTile = 48;
   const std::int64_t row_tiles = (n + kRowTile - 1) / kRowTile;
-  const auto u_at = [&](std::int64_t c1, std::int64_t c2) {
-    return static_cast<float>(f.a[static_cast<std::size_t>((k - 1 - c1) * k + (k - 1 - c2))]);
-  };
+  const auto u_at = [&](std::int64_t c1, std::int64_t c2) { return f.u(k, c1, c2); };
 
   for (std::int64_t i1 = 0; i1 < k; i1 += bs) {
     const std::int64_t i2 = std::min(i1 + bs, k);
@@ -991,7 +1001,6 @@ GptqResult quantize_gptq(const Tensor& weight, const Tensor& hessian, const Gptq
   const std::int64_t n = rows.n(), k = rows.k();
   const HessianView h = open_hessian(hessian, k, kOp);
   const Isa isa = select_isa();
-  const Kernels<double> k64 = kernels_for<double>(isa);
   const Kernels<float> k32 = kernels_for<float>(isa);
 
   Problem pb;
@@ -1035,16 +1044,27 @@ GptqResult quantize_gptq(const Tensor& weight, const Tensor& hessian, const Gptq
 
   // Steps 5 and 6: damping and the inverse factor, with the fallback schedule.
   Factor factor;
-  factor.a = allocate<double>(k * k, fmt::format("the fp64 factor of H [{}, {}]", k, k));
-  const FactorOutcome fo = factor_with_schedule(factor.a.get(), h, pb, config, k64);
-  result.factor_attempts = fo.attempts;
-  if (fo.ok) {
-    result.damp_used = fo.damp_used;
-    result.diag_floor = fo.diag_floor;
-    zero_upper(factor.a.get(), k);
-    invert_lower(factor.a.get(), k, k64);
+  const auto factorize = [&](auto* a, const auto& kr) {
+    const FactorOutcome fo = factor_with_schedule(a, h, pb, config, kr);
+    if (fo.ok) {
+      zero_upper(a, k);
+      invert_lower(a, k, kr);
+    }
+    return fo;
+  };
+  FactorOutcome fo;
+  if (config.factor_dtype == DType::F64) {
+    factor.a64 = allocate<double>(k * k, fmt::format("the fp64 factor of H [{}, {}]", k, k));
+    fo = factorize(factor.a64.get(), kernels_for<double>(isa));
   } else {
-    factor.a.reset();
+    factor.a32 = allocate<float>(k * k, fmt::format("the fp32 factor of H [{}, {}]", k, k));
+    fo = factorize(factor.a32.get(), k32);
+  }
+  result.factor_attempts = fo.attempts;
+  result.damp_used = fo.damp_used;
+  result.diag_floor = fo.diag_floor;
+  if (!fo.ok) {
+    factor = Factor{};
     factor.identity = true;
     result.fallback = true;
     result.fallback_reason = fmt::format(
@@ -1069,7 +1089,7 @@ GptqResult quantize_gptq(const Tensor& weight, const Tensor& hessian, const Gptq
   solve();
   if (!std::isfinite(result.loss) && !factor.identity) {
     // Propagated errors overflowed fp32 (weights near its range): never hand back NaN or Inf weights.
-    factor.a.reset();
+    factor = Factor{};
     factor.identity = true;
     result.fallback = true;
     result.damp_used = 0.0;

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -178,13 +179,16 @@ TEST(GptqHandExample, GIdxOfTheSpecsToyPermutation) {
 
 // ---- the reference: IST-DASLab gptq.py fasterquant on the same W and H (tests/data/gptq) --------------------------
 
-TEST(GptqReference, MatchesFasterquantOnCommittedLayers) {
+class GptqReference : public ::testing::TestWithParam<DType> {};
+
+TEST_P(GptqReference, MatchesFasterquantOnCommittedLayers) {
   const auto file = io::SafetensorsFile::open(kDataDir / "gptq_reference.safetensors");
   std::ifstream in(kDataDir / "gptq_reference.json");
   const nlohmann::json meta = nlohmann::json::parse(in);
   int cases = 0;
   std::size_t codes_total = 0, codes_same = 0;
   double worst_proxy = 0;
+  std::printf("  factor in %s\n", std::string(dtype_name(GetParam())).c_str());
   for (const auto& c : meta["cases"]) {
     const std::string name = c["name"];
     const std::string layer = c["layer"];
@@ -195,6 +199,7 @@ TEST(GptqReference, MatchesFasterquantOnCommittedLayers) {
     GptqConfig cfg = gptq_config(c["bits"].get<int>(), c["group_size"].get<std::int64_t>(), c["symmetric"].get<bool>(),
                                  c["act_order"].get<bool>(), c["static_groups"].get<bool>());
     cfg.mse = c["mse"].get<bool>();
+    cfg.factor_dtype = GetParam();
     const GptqResult r = quantize_gptq(w, h, cfg);
     EXPECT_FALSE(r.fallback);
     EXPECT_EQ(r.dead_columns, static_cast<std::int64_t>(meta["layers"][layer]["dead"].size()));
@@ -249,6 +254,9 @@ TEST(GptqReference, MatchesFasterquantOnCommittedLayers) {
               static_cast<double>(codes_same) / static_cast<double>(codes_total), worst_proxy);
   RecordProperty("codes_equal_fraction", fmt::format("{:.6f}", static_cast<double>(codes_same) / codes_total));
 }
+
+INSTANTIATE_TEST_SUITE_P(FactorDType, GptqReference, ::testing::Values(DType::F64, DType::F32),
+                         [](const ::testing::TestParamInfo<DType>& p) { return std::string(dtype_name(p.param)); });
 
 // ---- the factor, checked through the loss identity -----------------------------------------------------------------
 
@@ -509,14 +517,24 @@ TEST(GptqKernels, InstructionSetsAgree) {
   const std::int64_t n = 40, k = 200;
   const Tensor w = random_weight(n, k, 24);
   const Tensor h = correlated_hessian(k, 500, 25, {1});
+  // Restores the caller's LOWBIT_CPU_KERNEL (a whole-suite run may have set one).
+  const char* before = std::getenv("LOWBIT_CPU_KERNEL");
+  const std::optional<std::string> saved = before ? std::optional<std::string>(before) : std::nullopt;
+  const auto restore = [&] {
+    if (saved) {
+      ::setenv("LOWBIT_CPU_KERNEL", saved->c_str(), 1);
+    } else {
+      ::unsetenv("LOWBIT_CPU_KERNEL");
+    }
+  };
   const auto run = [&](const char* kernel) -> std::optional<GptqResult> {
     ::setenv("LOWBIT_CPU_KERNEL", kernel, 1);
     try {
       GptqResult r = quantize_gptq(w, h, gptq_config(3, 64, true, true));
-      ::unsetenv("LOWBIT_CPU_KERNEL");
+      restore();
       return r;
     } catch (const Error& e) {
-      ::unsetenv("LOWBIT_CPU_KERNEL");
+      restore();
       EXPECT_EQ(e.code(), ErrorCode::Unsupported) << e.what();
       return std::nullopt;
     }

@@ -15,7 +15,8 @@
 //   4. act-order: columns in order of decreasing diag(H) (a stable sort; torch's is not, see below);
 //   5. damping: H_ii += damp * mean(diag H) (after 2 and 4);
 //   6. U = the upper Cholesky factor of H^-1 (U^T U = H^-1), here as U = J chol_lower(J H J)^-1 J (J reverses
-//      the index order), computed in fp64 and rounded to fp32 one block of rows at a time;
+//      the index order), computed in fp64 (or fp32: factor_dtype) and rounded to fp32 one block of rows at a
+//      time;
 //   7. blocks of block_size columns; inside a block, column by column (all rows at once, rows being
 //      independent): a group starting at column c takes its grid from W[:, c : c+g] as it stood when the
 //      block began (the reference reads its outer W, which lacks the updates made inside the current block:
@@ -37,8 +38,8 @@
 //
 // Agreement with the reference (tests/data/gptq, made by IST-DASLab's own fasterquant on the CPU): the
 // reference factors H in fp32 and its result carries fp32 rounding error of order cond(H) * 2^-24; we factor
-// in fp64, so codes agree up to the rare values the two roundings put on different sides of a rounding
-// boundary (after which the rows' later columns may differ too); docs/methods/gptq.md has the numbers.
+// in fp64 by default, so codes agree up to the rare values the two roundings put on different sides of a
+// rounding boundary (after which the rows' later columns may differ too); docs/methods/gptq.md has the numbers.
 // Ties in diag(H) (dead columns, duplicated channels) are broken by column index; torch's argsort leaves
 // their order unspecified, which can move a tied column to another act-order group.
 //
@@ -49,7 +50,7 @@
 // diag_floor, fallback, fallback_reason); nothing is printed. A failed attempt costs up to one Cholesky
 // (k^3/3 flops) each; a positive semi-definite H (any X X^T) never fails in fp64 at damp > 0.
 //
-// Memory: besides W's fp32 working copy [n, k] and the codes, one fp64 [k, k] matrix (the factor) and
+// Memory: besides W's fp32 working copy [n, k] and the codes, one [k, k] matrix (the factor, fp64 or fp32) and
 // O(block_size * k) of panels; H itself is only read. Threads: lowbit::parallel_for over row ranges and
 // tiles; the result is the same for any thread count (every value is accumulated in an order fixed by the
 // shapes). SIMD kernels (AVX2+FMA, AVX-512) are picked at run time; a CPU without them runs plain loops,
@@ -89,6 +90,10 @@ struct GptqConfig {
   int mse_grid = 100;
   double mse_maxshrink = 0.8;
   DType scale_dtype = DType::F16;  // stored scales: F16 (checkpoints) or F32 (see above)
+  // Precision of the factor U (steps 5-6). F64: one fp64 [k, k] buffer, accurate for any H the damping makes
+  // positive definite. F32: the reference's precision, half the memory and about twice as fast; a Cholesky
+  // that fails in fp32 goes through the damp schedule (the reference would abort there).
+  DType factor_dtype = DType::F64;
 };
 
 struct GptqResult {
