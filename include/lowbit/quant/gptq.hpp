@@ -91,7 +91,7 @@ struct GptqConfig {
   double mse_maxshrink = 0.8;
   DType scale_dtype = DType::F16;  // stored scales: F16 (checkpoints) or F32 (see above)
   // Precision of the factor U (steps 5-6). F64: one fp64 [k, k] buffer, accurate for any H the damping makes
-  // positive definite. F32: the reference's precision, half the memory and about twice as fast; a Cholesky
+  // positive definite. F32: the reference's precision, half the memory, the factor about twice as fast; a Cholesky
   // that fails in fp32 goes through the damp schedule (the reference would abort there).
   DType factor_dtype = DType::F64;
 };
