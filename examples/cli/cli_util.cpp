@@ -4,25 +4,13 @@
 
 #include <cmath>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 
-#include "lowbit/core/error.hpp"
 
 namespace lowbit::cli {
 namespace {
 bool g_line_open = false;
-}
-
-std::string read_text_file(const std::string& path, const char* command) {
-  std::ifstream in(path, std::ios::binary);
-  LOWBIT_CHECK(in.good(), ErrorCode::IO, "{}: cannot read '{}'", command, path);
-  std::ostringstream s;
-  s << in.rdbuf();
-  LOWBIT_CHECK(!in.bad(), ErrorCode::IO, "{}: error while reading '{}'", command, path);
-  return s.str();
 }
 
 std::string with_commas(std::uint64_t v) {

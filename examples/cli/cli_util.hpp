@@ -14,9 +14,6 @@ ProgressCallback stderr_progress();
 // Ends a redrawn progress line (prints the newline a terminal needs).
 void end_progress();
 
-// The whole file; throws IO "<command>: cannot read '<path>'".
-std::string read_text_file(const std::string& path, const char* command);
-
 std::string with_commas(std::uint64_t v);
 std::string human_bytes(std::uint64_t bytes);  // "57.95 MiB"
 std::string human_seconds(double seconds);     // "3.1 s", "2 min 05 s"

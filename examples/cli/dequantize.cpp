@@ -8,6 +8,7 @@
 
 #include "cli_util.hpp"
 #include "commands.hpp"
+#include "lowbit/io/atomic_file.hpp"
 #include "lowbit/io/formats.hpp"
 #include "lowbit/quant/common.hpp"
 #include "lowbit/quant/registry.hpp"
@@ -53,7 +54,7 @@ void run_dequantize(const DequantizeOptions& o) {
           file == "quantize_config.json" || file == "quant_config.json")
         continue;
       if (file == "config.json") {
-        nlohmann::json config = nlohmann::json::parse(read_text_file(entry.path().string(), "dequantize"), nullptr, false);
+        nlohmann::json config = nlohmann::json::parse(io::read_text_file(entry.path(), "dequantize"), nullptr, false);
         if (config.is_object() && config.contains("quantization_config")) {
           config.erase("quantization_config");
           out.add_text_file(file, config.dump(2) + "\n");

@@ -1,12 +1,11 @@
 // lowbit perplexity MODEL --text FILE: perplexity of a model (dense or quantized) on a text, by the papers'
 // window protocol or the per-story protocol (include/lowbit/model/perplexity.hpp says which does what).
+#include "lowbit/io/atomic_file.hpp"
 #include "lowbit/model/perplexity.hpp"
 
 #include <fmt/format.h>
 
 #include <chrono>
-#include <fstream>
-#include <sstream>
 
 #include "cli_util.hpp"
 #include "commands.hpp"
@@ -29,7 +28,7 @@ struct PerplexityOptions {
 
 void run_perplexity(const PerplexityOptions& o) {
   if (o.threads > 0) set_num_threads(o.threads);
-  const std::string text = read_text_file(o.text, "perplexity");
+  const std::string text = io::read_text_file(o.text, "perplexity");
   std::string protocol = o.protocol;
   if (protocol == "auto") {
     protocol = text.find("\n<|endoftext|>\n") != std::string::npos ? "per-story" : "windows";

@@ -11,6 +11,7 @@
 
 #include "cli_util.hpp"
 #include "commands.hpp"
+#include "lowbit/io/atomic_file.hpp"
 #include "lowbit/core/parallel.hpp"
 #include "lowbit/io/formats.hpp"
 #include "lowbit/io/quantized.hpp"
@@ -212,7 +213,7 @@ void run_calibrated(const QuantizeOptions& o, const quant::MethodInfo& info, con
     LOWBIT_THROW(ErrorCode::InvalidArgument, "quantize: --calib-split '{}' is not one of: windows, documents",
                  o.calib_split);
   }
-  const auto samples = model::calibration_samples(tokenizer, read_text_file(o.calib, "quantize"), text_options);
+  const auto samples = model::calibration_samples(tokenizer, io::read_text_file(o.calib, "quantize"), text_options);
 
   model::LayerwiseOptions options;
   options.method = &info;

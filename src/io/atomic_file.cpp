@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -167,6 +169,15 @@ void write_file_atomically(const std::filesystem::path& target, std::string_view
   AtomicFile file(target);
   file.write(text);
   file.commit();
+}
+
+std::string read_text_file(const std::filesystem::path& path, std::string_view context) {
+  std::ifstream in(path, std::ios::binary);
+  LOWBIT_CHECK(in.good(), ErrorCode::IO, "{}: cannot read '{}'", context, path.string());
+  std::ostringstream text;
+  text << in.rdbuf();
+  LOWBIT_CHECK(!in.bad(), ErrorCode::IO, "{}: error while reading '{}'", context, path.string());
+  return text.str();
 }
 
 namespace testing {

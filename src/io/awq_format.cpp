@@ -16,6 +16,7 @@
 #include "lowbit/core/parallel.hpp"
 #include "lowbit/io/formats/awq.hpp"
 #include "lowbit/quant/affine.hpp"
+#include "lowbit/io/atomic_file.hpp"
 
 namespace lowbit::io {
 namespace {
@@ -75,13 +76,7 @@ Tensor permute_eights(const Tensor& values, const int (&from)[8]) {
 
 // ---- config files ----------------------------------------------------------------------------------------
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  LOWBIT_CHECK(in.good(), ErrorCode::IO, "awq: cannot read '{}'", path.string());
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+std::string read_text(const std::filesystem::path& path) { return read_text_file(path, "awq"); }
 
 std::filesystem::path folder_of(const Checkpoint& checkpoint) {
   return std::filesystem::is_directory(checkpoint.path()) ? checkpoint.path() : checkpoint.path().parent_path();

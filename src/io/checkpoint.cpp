@@ -1,4 +1,5 @@
 #include "lowbit/io/checkpoint.hpp"
+#include "lowbit/io/atomic_file.hpp"
 
 #include <algorithm>
 #include <fstream>
@@ -15,14 +16,7 @@ using nlohmann::json;
 
 constexpr const char* kIndexName = "model.safetensors.index.json";
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  LOWBIT_CHECK(in.good(), ErrorCode::IO, "checkpoint: cannot open '{}'", path.string());
-  std::ostringstream text;
-  text << in.rdbuf();
-  LOWBIT_CHECK(!in.bad(), ErrorCode::IO, "checkpoint: cannot read '{}'", path.string());
-  return text.str();
-}
+std::string read_text(const std::filesystem::path& path) { return read_text_file(path, "checkpoint"); }
 
 // A shard must be a file of the index's own folder: no separators, no "." or "..".
 bool is_plain_file_name(const std::string& name) {

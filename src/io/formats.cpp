@@ -14,17 +14,12 @@
 #include "lowbit/io/formats/bnb_int8.hpp"
 #include "lowbit/io/formats/gptq.hpp"
 #include "lowbit/io/formats/hqq.hpp"
+#include "lowbit/io/atomic_file.hpp"
 
 namespace lowbit::io {
 namespace {
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  LOWBIT_CHECK(in.good(), ErrorCode::IO, "formats: cannot read '{}'", path.string());
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+std::string read_text(const std::filesystem::path& path) { return read_text_file(path, "formats"); }
 
 FormatWriter lowbit_writer() {
   FormatWriter w;

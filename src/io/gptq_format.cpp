@@ -19,6 +19,7 @@
 #include "lowbit/core/half.hpp"
 #include "lowbit/core/parallel.hpp"
 #include "lowbit/quant/affine.hpp"
+#include "lowbit/io/atomic_file.hpp"
 
 namespace lowbit::io {
 namespace {
@@ -115,13 +116,7 @@ Tensor unpack_qweight(const Tensor& qweight, int bits, std::int64_t k) {
 
 // ---- config files ----------------------------------------------------------------------------------------
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  LOWBIT_CHECK(in.good(), ErrorCode::IO, "gptq: cannot read '{}'", path.string());
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+std::string read_text(const std::filesystem::path& path) { return read_text_file(path, "gptq"); }
 
 std::filesystem::path folder_of(const Checkpoint& checkpoint) {
   return std::filesystem::is_directory(checkpoint.path()) ? checkpoint.path() : checkpoint.path().parent_path();

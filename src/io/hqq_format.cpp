@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lowbit/io/formats/hqq.hpp"
+#include "lowbit/io/atomic_file.hpp"
 
 namespace lowbit::io {
 namespace {
@@ -108,13 +109,7 @@ class Decoder {
   std::string context_;
 };
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  LOWBIT_CHECK(in.good(), ErrorCode::IO, "hqq: cannot read '{}'", path.string());
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+std::string read_text(const std::filesystem::path& path) { return read_text_file(path, "hqq"); }
 
 nlohmann::ordered_json weight_quant_params(int bits, std::int64_t group_size, int axis) {
   // BaseQuantizeConfig's dict, keys in the order json.dump(sort_keys) gives them (transformers sorts).

@@ -21,6 +21,7 @@
 #include <utility>
 
 #include "lowbit/core/error.hpp"
+#include "lowbit/io/atomic_file.hpp"
 
 namespace lowbit::model::detail {
 namespace {
@@ -343,17 +344,8 @@ std::string nfc(std::string_view s) {
 
 // ---- JSON access with messages naming the file and the field -------------------------------------------------
 
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  LOWBIT_CHECK(in.good(), ErrorCode::IO, "tokenizer: cannot read '{}'", path.string());
-  std::ostringstream s;
-  s << in.rdbuf();
-  LOWBIT_CHECK(!in.bad(), ErrorCode::IO, "tokenizer: reading '{}' failed", path.string());
-  return s.str();
-}
-
 json parse_json(const std::filesystem::path& path) {
-  const std::string text = read_file(path);
+  const std::string text = io::read_text_file(path, "tokenizer");
   try {
     json j = json::parse(text);
     LOWBIT_CHECK(j.is_object(), ErrorCode::Corrupt, "tokenizer: '{}' is not a JSON object (it is {})", path.string(),

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "lowbit/core/error.hpp"
+#include "lowbit/io/atomic_file.hpp"
 
 namespace lowbit::model {
 namespace {
@@ -99,11 +100,7 @@ LlamaConfig parse_llama_config(std::string_view text, std::string_view source) {
 
 LlamaConfig load_llama_config(const std::filesystem::path& folder_or_file) {
   const auto path = std::filesystem::is_directory(folder_or_file) ? folder_or_file / "config.json" : folder_or_file;
-  std::ifstream in(path, std::ios::binary);
-  LOWBIT_CHECK(in.good(), ErrorCode::IO, "config: cannot read '{}'", path.string());
-  std::ostringstream s;
-  s << in.rdbuf();
-  return parse_llama_config(s.str(), path.string());
+  return parse_llama_config(io::read_text_file(path, "config"), path.string());
 }
 
 }  // namespace lowbit::model

@@ -10,6 +10,7 @@
 
 #include "bpe_tokenizer.hpp"
 #include "lowbit/core/error.hpp"
+#include "lowbit/io/atomic_file.hpp"
 
 namespace lowbit::model {
 
@@ -24,13 +25,7 @@ struct Tokenizer::Impl {
 
 namespace {
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  LOWBIT_CHECK(in.good(), ErrorCode::IO, "tokenizer: cannot read '{}'", path.string());
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+std::string read_text(const std::filesystem::path& path) { return io::read_text_file(path, "tokenizer"); }
 
 bool json_bool(const nlohmann::json& j, const char* key, bool fallback, const std::filesystem::path& path) {
   if (!j.contains(key) || j[key].is_null()) return fallback;

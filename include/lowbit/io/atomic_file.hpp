@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace lowbit::io {
@@ -44,6 +45,10 @@ class AtomicFile {
 
 // Writes `text` to `target` atomically (config files, JSON sidecars).
 void write_file_atomically(const std::filesystem::path& target, std::string_view text);
+
+// The whole file as bytes (config files, calibration text). Throws IO "<context>: cannot open '<path>'"
+// or "<context>: cannot read '<path>'".
+std::string read_text_file(const std::filesystem::path& path, std::string_view context);
 
 namespace testing {
 // Fault injection for tests: once this many more bytes have been written through AtomicFile (all of
