@@ -30,7 +30,6 @@ namespace lowbit::io::test {
 namespace {
 
 using quant::QuantizedTensor;
-using TensorMap = std::map<std::string, Tensor>;
 
 const std::filesystem::path kDir = std::filesystem::path(LOWBIT_TEST_DATA_DIR) / "awq_format";
 
@@ -46,55 +45,11 @@ const DataCase kCases[] = {{"gemm_g32", AwqVersion::Gemm, 32, 3},
                            {"gemv_g32_qc", AwqVersion::Gemv, 32, 2},
                            {"gemv_g128", AwqVersion::Gemv, 128, 1}};
 
-::testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "'" << text << "' does not contain '" << part << "'";
-}
-
-std::vector<std::uint32_t> words_of(const Tensor& t) {
-  const Tensor c = t.contiguous();
-  const auto* p = static_cast<const std::uint32_t*>(c.raw_data());
-  return {p, p + c.numel()};
-}
-
 Tensor u8_matrix(std::int64_t rows, std::int64_t cols, const std::function<int(std::int64_t, std::int64_t)>& f) {
   Tensor t = Tensor::empty({rows, cols}, DType::U8);
   for (std::int64_t r = 0; r < rows; ++r)
     for (std::int64_t c = 0; c < cols; ++c) t.data<std::uint8_t>()[r * cols + c] = static_cast<std::uint8_t>(f(r, c));
   return t;
-}
-
-Tensor u8_row(const std::vector<int>& values) {
-  return u8_matrix(1, static_cast<std::int64_t>(values.size()),
-                   [&](std::int64_t, std::int64_t c) { return values[static_cast<std::size_t>(c)]; });
-}
-
-TensorLookup lookup_of(const TensorMap& tensors) {
-  return [&tensors](const std::string& name) -> std::optional<Tensor> {
-    const auto it = tensors.find(name);
-    if (it == tensors.end()) return std::nullopt;
-    return it->second;
-  };
-}
-
-TensorMap as_map(const std::vector<std::pair<std::string, Tensor>>& v) { return {v.begin(), v.end()}; }
-
-Tensor random_weight(std::int64_t n, std::int64_t k, std::uint64_t seed) {
-  Tensor t = Tensor::empty({n, k}, DType::F32);
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 0.02f);
-  for (std::int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = dist(rng);
-  return t;
-}
-
-QuantizedTensor quantize(const Tensor& w, int bits, std::int64_t group_size, bool sym = false) {
-  const quant::MethodInfo& affine = quant::find_method("affine");
-  quant::QuantParams p = affine.defaults;
-  p.bits = bits;
-  p.group_size = group_size;
-  p.symmetric = sym;
-  p.variant = "minmax:f16";
-  return affine.quantize(w, p);
 }
 
 // Codes and zero points replaced by uniform values over the whole 4-bit range.
@@ -142,7 +97,7 @@ TEST(AwqPack, SpecPackedWordVectors) {
   EXPECT_TRUE(same_bytes(raw, u8_row({1, 3, 5, 7, 2, 4, 6, 8})));
 
   // Whole linears: GEMM qweight/qzeros hold the interleave, GEMV qweight the natural input order.
-  QuantizedTensor q = quantize(random_weight(8, 32, 1), 4, 32);
+  QuantizedTensor q = quantize_minmax(random_weight(8, 32, 1), 4, 32);
   q.components["codes"] = u8_matrix(8, 32, [](std::int64_t o, std::int64_t) { return static_cast<int>(o); });
   q.components["zeros"] = u8_matrix(8, 1, [](std::int64_t o, std::int64_t) { return static_cast<int>(o) + 1; });
   const TensorMap gemm = as_map(awq_linear_tensors("p", q, AwqVersion::Gemm));
@@ -211,7 +166,7 @@ TEST(AwqFormat, BothLayoutsRoundTripWithRandomCodesAndZeros) {
       ++seed;
       SCOPED_TRACE(
           fmt::format("{} n {} k {} group {} seed {}", awq_version_name(version), c.n, c.k, c.group_size, seed));
-      QuantizedTensor q = quantize(random_weight(c.n, c.k, seed), 4, c.group_size);
+      QuantizedTensor q = quantize_minmax(random_weight(c.n, c.k, seed), 4, c.group_size);
       q.dtype = DType::BF16;
       randomize(q, seed);
       const TensorMap t = as_map(awq_linear_tensors("m.layers.0.mlp.up_proj", q, version));
@@ -259,7 +214,7 @@ TEST(AwqFormat, BothLayoutsRoundTripWithRandomCodesAndZeros) {
 }
 
 TEST(AwqFormat, SymmetricTensorsAreStoredWithZeroPointEightAndReadBackAsymmetric) {
-  const QuantizedTensor q = quantize(random_weight(24, 128, 4), 4, 64, /*sym=*/true);
+  const QuantizedTensor q = quantize_minmax(random_weight(24, 128, 4), 4, 64, /*sym=*/true);
   for (const AwqVersion version : {AwqVersion::Gemm, AwqVersion::Gemv}) {
     const TensorMap t = as_map(awq_linear_tensors("p", q, version));
     if (version == AwqVersion::Gemm) EXPECT_EQ(words_of(t.at("p.qzeros"))[0], 0x88888888u);
@@ -328,9 +283,9 @@ TEST(AwqFormat, WritersMakeShardedCheckpointsWithConfigsThatReadBack) {
     SCOPED_TRACE(awq_version_name(version));
     const FormatWriter& w = find_format_writer(version == AwqVersion::Gemm ? "awq" : "awq-gemv", "affine");
     std::map<std::string, QuantizedTensor> qs;
-    qs[names[0]] = quantize(random_weight(96, 128, 1), 4, 32);
-    qs[names[1]] = quantize(random_weight(96, 256, 2), 4, 32);
-    qs[names[2]] = quantize(random_weight(96, 128, 3), 4, 32);
+    qs[names[0]] = quantize_minmax(random_weight(96, 128, 1), 4, 32);
+    qs[names[1]] = quantize_minmax(random_weight(96, 256, 2), 4, 32);
+    qs[names[2]] = quantize_minmax(random_weight(96, 128, 3), 4, 32);
     for (auto& [_, q] : qs) q.dtype = DType::BF16;
     const Tensor embed = random_weight(64, 96, 4).to(DType::F16);
     const Tensor bias = random_weight(1, 96, 6).reshape({96}).to(DType::F16);
@@ -386,7 +341,7 @@ TEST(AwqFormat, WritersMakeShardedCheckpointsWithConfigsThatReadBack) {
 
     // One config holds one group size.
     std::vector<QuantizedEntry> mixed = entries;
-    mixed.push_back({"b.weight", "affine", quantize(random_weight(32, 128, 1), 4, 64).params});
+    mixed.push_back({"b.weight", "affine", quantize_minmax(random_weight(32, 128, 1), 4, 64).params});
     EXPECT_TRUE(contains(error_message(ErrorCode::Unsupported, [&] { w.config_json(dir / "config.json", mixed); }),
                          "'b.weight'"));
   }
@@ -398,49 +353,49 @@ TEST(AwqFormat, WriterRefusesWhatTheLayoutsCannotHold) {
                    AwqVersion version = AwqVersion::Gemm) {
     EXPECT_TRUE(contains(error_message(code, [&] { awq_linear_tensors("p", q, version); }), part));
   };
-  refuse(ErrorCode::Unsupported, quantize(w, 3, 32), "4-bit");
-  refuse(ErrorCode::Unsupported, quantize(w, 8, 32), "bits = 8");
+  refuse(ErrorCode::Unsupported, quantize_minmax(w, 3, 32), "4-bit");
+  refuse(ErrorCode::Unsupported, quantize_minmax(w, 8, 32), "bits = 8");
   quant::QuantParams absmax = quant::find_method("affine").defaults;
   absmax.bits = 4;
   absmax.group_size = 32;
   absmax.symmetric = true;
   absmax.variant = "absmax:f32";
   refuse(ErrorCode::Unsupported, quant::find_method("affine").quantize(w, absmax), "absmax");
-  refuse(ErrorCode::Unsupported, quantize(w, 4, 0), "group_size 0");
-  refuse(ErrorCode::Unsupported, quantize(random_weight(64, 96, 1), 4, 64), "not a multiple of group_size");
-  refuse(ErrorCode::Unsupported, quantize(random_weight(36, 128, 1), 4, 32), "multiple of 8");
-  refuse(ErrorCode::Unsupported, quantize(random_weight(36, 128, 1), 4, 32), "multiple of 8", AwqVersion::Gemv);
-  refuse(ErrorCode::Unsupported, quantize(random_weight(64, 128, 1), 4, 16), "GEMV", AwqVersion::Gemv);
-  refuse(ErrorCode::Unsupported, quantize(random_weight(64, 132, 1), 4, -1), "k = 132", AwqVersion::Gemv);
-  EXPECT_NO_THROW(awq_linear_tensors("p", quantize(random_weight(64, 128, 1), 4, 16), AwqVersion::Gemm));
-  QuantizedTensor act = quantize(w, 4, 32);
+  refuse(ErrorCode::Unsupported, quantize_minmax(w, 4, 0), "group_size 0");
+  refuse(ErrorCode::Unsupported, quantize_minmax(random_weight(64, 96, 1), 4, 64), "not a multiple of group_size");
+  refuse(ErrorCode::Unsupported, quantize_minmax(random_weight(36, 128, 1), 4, 32), "multiple of 8");
+  refuse(ErrorCode::Unsupported, quantize_minmax(random_weight(36, 128, 1), 4, 32), "multiple of 8", AwqVersion::Gemv);
+  refuse(ErrorCode::Unsupported, quantize_minmax(random_weight(64, 128, 1), 4, 16), "GEMV", AwqVersion::Gemv);
+  refuse(ErrorCode::Unsupported, quantize_minmax(random_weight(64, 132, 1), 4, -1), "k = 132", AwqVersion::Gemv);
+  EXPECT_NO_THROW(awq_linear_tensors("p", quantize_minmax(random_weight(64, 128, 1), 4, 16), AwqVersion::Gemm));
+  QuantizedTensor act = quantize_minmax(w, 4, 32);
   act.components["g_idx"] = Tensor::zeros({128}, DType::I32);
   refuse(ErrorCode::Unsupported, act, "g_idx");
   // f32 scales: stored when fp16 holds them exactly, refused otherwise.
-  QuantizedTensor f32 = quantize(w, 4, 32);
+  QuantizedTensor f32 = quantize_minmax(w, 4, 32);
   f32.params.variant = "minmax:f32";
   f32.components["scales"] = f32.component("scales").to(DType::F32);
   EXPECT_NO_THROW(awq_linear_tensors("p", f32, AwqVersion::Gemm));
   f32.components["scales"].data<float>()[3] = 0.1f;
   refuse(ErrorCode::Unsupported, f32, "not an fp16 number");
-  QuantizedTensor other = quantize(w, 4, 32);
+  QuantizedTensor other = quantize_minmax(w, 4, 32);
   other.method = "nf4";
   refuse(ErrorCode::InvalidArgument, other, "nf4");
-  QuantizedTensor bad = quantize(w, 4, 32);
+  QuantizedTensor bad = quantize_minmax(w, 4, 32);
   bad.components["zeros"] = Tensor::zeros({64, 3}, DType::U8);
   refuse(ErrorCode::Corrupt, bad, "zeros");
   TempDir dir;
   CheckpointWriter out(dir / "x");
   EXPECT_TRUE(
       contains(error_message(ErrorCode::InvalidArgument,
-                             [&] { awq_format_writer(AwqVersion::Gemm).add(out, "model.bias", quantize(w, 4, 32)); }),
+                             [&] { awq_format_writer(AwqVersion::Gemm).add(out, "model.bias", quantize_minmax(w, 4, 32)); }),
                "'model.bias'"));
 }
 
 // ---- corrupt and foreign inputs -------------------------------------------------------------------------
 
 TEST(AwqFormat, CorruptTensorsAreNamed) {
-  const QuantizedTensor q = quantize(random_weight(64, 128, 2), 4, 32);
+  const QuantizedTensor q = quantize_minmax(random_weight(64, 128, 2), 4, 32);
   for (const AwqVersion version : {AwqVersion::Gemm, AwqVersion::Gemv}) {
     SCOPED_TRACE(awq_version_name(version));
     const TensorMap good = as_map(awq_linear_tensors("L", q, version));
@@ -537,7 +492,7 @@ TEST(AwqFormat, ConfigParsingFollowsTheTools) {
 
 TEST(AwqFormat, FindsItsConfigOnlyWhereItSaysAwq) {
   TempDir dir;
-  const QuantizedTensor q = quantize(random_weight(32, 64, 1), 4, 32);
+  const QuantizedTensor q = quantize_minmax(random_weight(32, 64, 1), 4, 32);
   save_safetensors(dir / "model.safetensors", awq_linear_tensors("model.layers.0.mlp.up_proj", q, AwqVersion::Gemm));
   {
     const Checkpoint ckpt = Checkpoint::open(dir.path());

@@ -39,10 +39,7 @@ const char* const kLinears[] = {"model.layers.0.self_attn.q_proj", "model.layers
                                 "model.layers.0.mlp.gate_proj",    "model.layers.0.mlp.up_proj",
                                 "model.layers.0.mlp.down_proj"};
 
-::testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "'" << text << "' does not contain '" << part << "'";
-}
+using test::contains;
 
 std::vector<std::uint8_t> bytes_of(const Tensor& t) {
   const Tensor c = t.contiguous();

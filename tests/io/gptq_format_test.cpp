@@ -33,15 +33,9 @@ namespace lowbit::io::test {
 namespace {
 
 using quant::QuantizedTensor;
-using TensorMap = std::map<std::string, Tensor>;
 
 const std::filesystem::path kDir = std::filesystem::path(LOWBIT_TEST_DATA_DIR) / "gptq_format";
 const char* const kCases[] = {"b4_g32_sym_act", "b3_g32_asym", "b2_g64_asym_v2", "b8_gm1_sym", "b4_g64_asym"};
-
-::testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "'" << text << "' does not contain '" << part << "'";
-}
 
 using test::same_bytes;
 
@@ -64,45 +58,6 @@ using test::same_bytes;
   const Tensor fx = x.to(DType::F32), fy = y.to(DType::F32);
   return ::testing::AssertionFailure() << differ << " of " << x.numel() << " elements differ; first at " << first
                                        << ": " << fx.data<float>()[first] << " vs " << fy.data<float>()[first];
-}
-
-std::vector<std::uint32_t> words_of(const Tensor& t) {
-  const Tensor c = t.contiguous();
-  const auto* p = static_cast<const std::uint32_t*>(c.raw_data());
-  return {p, p + c.numel()};
-}
-
-Tensor u8_row(const std::vector<int>& values) {
-  std::vector<std::uint8_t> v(values.begin(), values.end());
-  return Tensor::from_values<std::uint8_t>(std::span<const std::uint8_t>(v), {1, static_cast<std::int64_t>(v.size())});
-}
-
-TensorLookup lookup_of(const TensorMap& tensors) {
-  return [&tensors](const std::string& name) -> std::optional<Tensor> {
-    const auto it = tensors.find(name);
-    if (it == tensors.end()) return std::nullopt;
-    return it->second;
-  };
-}
-
-TensorMap as_map(const std::vector<std::pair<std::string, Tensor>>& v) { return {v.begin(), v.end()}; }
-
-Tensor random_weight(std::int64_t n, std::int64_t k, std::uint64_t seed) {
-  Tensor t = Tensor::empty({n, k}, DType::F32);
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 0.02f);
-  for (std::int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = dist(rng);
-  return t;
-}
-
-QuantizedTensor quantize(const Tensor& w, int bits, std::int64_t group_size, bool sym) {
-  const quant::MethodInfo& affine = quant::find_method("affine");
-  quant::QuantParams p = affine.defaults;
-  p.bits = bits;
-  p.group_size = group_size;
-  p.symmetric = sym;
-  p.variant = "minmax:f16";
-  return affine.quantize(w, p);
 }
 
 // Replaces codes (and, asymmetric, zeros) by uniform random values so every code and zero of the width
@@ -247,7 +202,7 @@ TEST(GptqFormat, EveryWidthRoundTripsWithRandomCodesV1AndV2) {
             ++seed;
             SCOPED_TRACE(fmt::format("bits {} {} group {} n {} k {} {} seed {}", bits, sym ? "sym" : "asym", group_size,
                                      s.n, s.k, gptq_checkpoint_format(format), seed));
-            QuantizedTensor q = quantize(random_weight(s.n, s.k, seed), bits, group_size, sym);
+            QuantizedTensor q = quantize_minmax(random_weight(s.n, s.k, seed), bits, group_size, sym);
             q.dtype = DType::BF16;
             randomize(q, seed, format == GptqZeroFormat::V1 ? 1 : 0);
             const TensorMap tensors = as_map(gptq_linear_tensors("m.layers.0.q_proj", q, format));
@@ -273,7 +228,7 @@ TEST(GptqFormat, EveryWidthRoundTripsWithRandomCodesV1AndV2) {
 TEST(GptqFormat, ActOrderGidxIsKeptAndTrivialOneDropped) {
   for (const int bits : kGptqBits) {
     SCOPED_TRACE(fmt::format("bits {}", bits));
-    QuantizedTensor q = quantize(random_weight(64, 256, 7 + bits), bits, 64, false);
+    QuantizedTensor q = quantize_minmax(random_weight(64, 256, 7 + bits), bits, 64, false);
     q.components["g_idx"] = permuted_g_idx(256, 64, 3 + bits);
     const TensorMap tensors = as_map(gptq_linear_tensors("p", q, GptqZeroFormat::V2));
     EXPECT_TRUE(same_bytes(tensors.at("p.g_idx"), q.component("g_idx")));
@@ -283,7 +238,7 @@ TEST(GptqFormat, ActOrderGidxIsKeptAndTrivialOneDropped) {
     EXPECT_TRUE(bit_identical(quant::dequantize_affine(back, DType::F16), quant::dequantize_affine(q, DType::F16)));
 
     // A g_idx that is c / group_size (static groups with act-order) reads back as plain affine.
-    QuantizedTensor trivial = quantize(random_weight(32, 128, 9 + bits), bits, 32, true);
+    QuantizedTensor trivial = quantize_minmax(random_weight(32, 128, 9 + bits), bits, 32, true);
     const QuantizedTensor plain = trivial;
     Tensor g = Tensor::empty({128}, DType::I32);
     for (int c = 0; c < 128; ++c) g.data<std::int32_t>()[c] = c / 32;
@@ -297,7 +252,7 @@ TEST(GptqFormat, ActOrderGidxIsKeptAndTrivialOneDropped) {
 }
 
 TEST(GptqFormat, SymmetricFileLabelledV1WithV2ZerosIsReadAsV2) {
-  QuantizedTensor q = quantize(random_weight(32, 64, 5), 4, 32, true);
+  QuantizedTensor q = quantize_minmax(random_weight(32, 64, 5), 4, 32, true);
   const TensorMap v2 = as_map(gptq_linear_tensors("p", q, GptqZeroFormat::V2));
   EXPECT_EQ(words_of(v2.at("p.qzeros"))[0], 0x88888888u);
   const QuantizedTensor back =
@@ -392,10 +347,10 @@ TEST(GptqFormat, WriterMakesAShardedCheckpointWithConfigsThatReadsBack) {
   const char* const names[] = {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight",
                                "model.layers.1.self_attn.q_proj.weight"};
   std::map<std::string, QuantizedTensor> qs;
-  qs[names[0]] = quantize(random_weight(96, 128, 1), 3, 32, false);
-  qs[names[1]] = quantize(random_weight(96, 256, 2), 3, 32, false);
+  qs[names[0]] = quantize_minmax(random_weight(96, 128, 1), 3, 32, false);
+  qs[names[1]] = quantize_minmax(random_weight(96, 256, 2), 3, 32, false);
   qs[names[1]].components["g_idx"] = permuted_g_idx(256, 32, 5);
-  qs[names[2]] = quantize(random_weight(96, 128, 3), 3, 32, false);
+  qs[names[2]] = quantize_minmax(random_weight(96, 128, 3), 3, 32, false);
   for (auto& [_, q] : qs) q.dtype = DType::F16;
   const Tensor embed = random_weight(64, 96, 4).to(DType::F16);
   const Tensor bias = random_weight(1, 96, 6).reshape({96}).to(DType::F16);
@@ -447,12 +402,12 @@ TEST(GptqFormat, WriterMakesAShardedCheckpointWithConfigsThatReadsBack) {
 
   // Symmetric, no act-order: v1, desc_act false; settings that differ cannot share one config.
   const std::vector<QuantizedEntry> sym = {
-      {"a.weight", "affine", quantize(random_weight(32, 64, 1), 4, 32, true).params}};
+      {"a.weight", "affine", quantize_minmax(random_weight(32, 64, 1), 4, 32, true).params}};
   const nlohmann::json s = nlohmann::json::parse(w.config_json(dir / "config.json", sym))["quantization_config"];
   EXPECT_EQ(s["checkpoint_format"], "gptq");
   EXPECT_EQ(s["desc_act"], false);
   std::vector<QuantizedEntry> mixed = sym;
-  mixed.push_back({"b.weight", "affine", quantize(random_weight(32, 64, 1), 8, 32, true).params});
+  mixed.push_back({"b.weight", "affine", quantize_minmax(random_weight(32, 64, 1), 8, 32, true).params});
   EXPECT_TRUE(contains(error_message(ErrorCode::Unsupported, [&] { w.config_json(dir / "config.json", mixed); }),
                        "'b.weight'"));
 }
@@ -469,32 +424,32 @@ TEST(GptqFormat, WriterRefusesWhatTheFormatCannotHold) {
   absmax.symmetric = true;
   absmax.variant = "absmax:f32";
   refuse(ErrorCode::Unsupported, quant::find_method("affine").quantize(w, absmax), "absmax");
-  refuse(ErrorCode::Unsupported, quantize(w, 4, 0, false), "group_size 0");
-  refuse(ErrorCode::Unsupported, quantize(random_weight(64, 96, 1), 4, 64, false), "not a multiple of group_size");
-  refuse(ErrorCode::Unsupported, quantize(random_weight(40, 128, 1), 4, 32, false), "multiples of 32");
-  refuse(ErrorCode::Unsupported, quantize(random_weight(64, 48, 1), 4, 16, false), "multiples of 32");
+  refuse(ErrorCode::Unsupported, quantize_minmax(w, 4, 0, false), "group_size 0");
+  refuse(ErrorCode::Unsupported, quantize_minmax(random_weight(64, 96, 1), 4, 64, false), "not a multiple of group_size");
+  refuse(ErrorCode::Unsupported, quantize_minmax(random_weight(40, 128, 1), 4, 32, false), "multiples of 32");
+  refuse(ErrorCode::Unsupported, quantize_minmax(random_weight(64, 48, 1), 4, 16, false), "multiples of 32");
   // f32 scales: stored when fp16 holds them exactly, refused otherwise.
-  QuantizedTensor f32 = quantize(w, 4, 32, false);
+  QuantizedTensor f32 = quantize_minmax(w, 4, 32, false);
   f32.params.variant = "minmax:f32";
   f32.components["scales"] = f32.component("scales").to(DType::F32);
   EXPECT_NO_THROW(gptq_linear_tensors("p", f32, GptqZeroFormat::V2));
   f32.components["scales"].data<float>()[3] = 0.1f;
   refuse(ErrorCode::Unsupported, f32, "not an fp16 number");
   // v1 has no field for a zero point of 0.
-  QuantizedTensor zero0 = quantize(w, 4, 32, false);
+  QuantizedTensor zero0 = quantize_minmax(w, 4, 32, false);
   zero0.components["zeros"] = zero0.component("zeros").clone();
   zero0.components["zeros"].data<std::uint8_t>()[5] = 0;
   refuse(ErrorCode::Unsupported, zero0, "gptq_v2", GptqZeroFormat::V1);
   EXPECT_NO_THROW(gptq_linear_tensors("p", zero0, GptqZeroFormat::V2));
   // Not affine, or symmetric with a zero point that is not 2^(bits-1).
-  QuantizedTensor other = quantize(w, 4, 32, true);
+  QuantizedTensor other = quantize_minmax(w, 4, 32, true);
   other.method = "nf4";
   refuse(ErrorCode::InvalidArgument, other, "nf4");
-  QuantizedTensor bad_sym = quantize(w, 4, 32, true);
+  QuantizedTensor bad_sym = quantize_minmax(w, 4, 32, true);
   bad_sym.components["zeros"] = bad_sym.component("zeros").clone();
   bad_sym.components["zeros"].data<std::uint8_t>()[0] = 7;
   refuse(ErrorCode::InvalidArgument, bad_sym, "symmetric");
-  QuantizedTensor bad_gidx = quantize(w, 4, 32, true);
+  QuantizedTensor bad_gidx = quantize_minmax(w, 4, 32, true);
   bad_gidx.components["g_idx"] = Tensor::zeros({128}, DType::I32);
   bad_gidx.components["g_idx"].data<std::int32_t>()[9] = 4;
   refuse(ErrorCode::Corrupt, bad_gidx, "g_idx[9] = 4");
@@ -502,14 +457,14 @@ TEST(GptqFormat, WriterRefusesWhatTheFormatCannotHold) {
   TempDir dir;
   CheckpointWriter out(dir / "x");
   EXPECT_TRUE(contains(error_message(ErrorCode::InvalidArgument,
-                                     [&] { gptq_format_writer().add(out, "model.bias", quantize(w, 4, 32, true)); }),
+                                     [&] { gptq_format_writer().add(out, "model.bias", quantize_minmax(w, 4, 32, true)); }),
                        "'model.bias'"));
 }
 
 // ---- corrupt and foreign inputs -------------------------------------------------------------------------
 
 TEST(GptqFormat, CorruptTensorsAreNamed) {
-  const QuantizedTensor q = quantize(random_weight(64, 128, 2), 4, 32, true);
+  const QuantizedTensor q = quantize_minmax(random_weight(64, 128, 2), 4, 32, true);
   const TensorMap good = as_map(gptq_linear_tensors("L", q, GptqZeroFormat::V1));
   const GptqConfig config = config_for(q, GptqZeroFormat::V1);
   auto fails = [&](ErrorCode code, const TensorMap& t, const std::string& part, const GptqConfig& c) {
@@ -624,7 +579,7 @@ TEST(GptqFormat, ConfigParsingFollowsTheTools) {
 
 TEST(GptqFormat, ForeignOrConfiglessPackedCheckpointsAreRefusedByName) {
   TempDir dir;
-  const QuantizedTensor q = quantize(random_weight(32, 64, 1), 4, 32, true);
+  const QuantizedTensor q = quantize_minmax(random_weight(32, 64, 1), 4, 32, true);
   save_safetensors(dir / "model.safetensors", gptq_linear_tensors("model.layers.0.mlp.up_proj", q, GptqZeroFormat::V1));
   EXPECT_TRUE(contains(error_message(ErrorCode::InvalidArgument, [&] { open_quantized(Checkpoint::open(dir.path())); }),
                        "quantize_config.json"));

@@ -35,10 +35,6 @@ DType torch_dtype(const std::string& name) {
 
 using test::same_bytes;
 
-std::map<std::string, Tensor> as_map(const std::vector<std::pair<std::string, Tensor>>& v) {
-  return {v.begin(), v.end()};
-}
-
 // The golden layers as a mutable map, to corrupt one key at a time.
 std::map<std::string, Tensor> golden_tensors() {
   const auto file = SafetensorsFile::open(kDir / "hqq_linear.safetensors");

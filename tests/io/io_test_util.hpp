@@ -10,6 +10,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <map>
+#include <optional>
+#include <random>
 #include <iterator>
 #include <span>
 #include <stdexcept>
@@ -20,6 +24,7 @@
 #include "lowbit/core/error.hpp"
 #include "lowbit/io/atomic_file.hpp"
 #include "lowbit/quant/quantized_tensor.hpp"
+#include "lowbit/quant/registry.hpp"
 
 namespace lowbit::io::test {
 
@@ -126,6 +131,59 @@ inline bool same_quantized(const quant::QuantizedTensor& a, const quant::Quantiz
     if (!b.has(name) || !same_bytes(t, b.component(name))) return false;
   }
   return true;
+}
+
+// ---- shared by the checkpoint-format tests ------------------------------------------------------------------
+
+using TensorMap = std::map<std::string, Tensor>;
+
+inline ::testing::AssertionResult contains(const std::string& text, const std::string& part) {
+  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "'" << text << "' does not contain '" << part << "'";
+}
+
+// The 32-bit words of an int32/uint32 tensor.
+inline std::vector<std::uint32_t> words_of(const Tensor& t) {
+  const Tensor c = t.contiguous();
+  const auto* p = static_cast<const std::uint32_t*>(c.raw_data());
+  return {p, p + c.numel()};
+}
+
+// u8 [1, values.size()].
+inline Tensor u8_row(const std::vector<int>& values) {
+  std::vector<std::uint8_t> v(values.begin(), values.end());
+  return Tensor::from_values<std::uint8_t>(std::span<const std::uint8_t>(v), {1, static_cast<std::int64_t>(v.size())});
+}
+
+inline TensorMap as_map(const std::vector<std::pair<std::string, Tensor>>& v) { return {v.begin(), v.end()}; }
+
+// A tensor lookup over a map, as the format readers take one (the map must outlive it).
+inline std::function<std::optional<Tensor>(const std::string&)> lookup_of(const TensorMap& tensors) {
+  return [&tensors](const std::string& name) -> std::optional<Tensor> {
+    const auto it = tensors.find(name);
+    if (it == tensors.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+// f32 [n, k] ~ N(0, 0.02), seeded.
+inline Tensor random_weight(std::int64_t n, std::int64_t k, std::uint64_t seed) {
+  Tensor t = Tensor::empty({n, k}, DType::F32);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 0.02f);
+  for (std::int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = dist(rng);
+  return t;
+}
+
+// RTN on GPTQ's min-max grid with f16 scales: what the GPTQ and AWQ layouts store.
+inline quant::QuantizedTensor quantize_minmax(const Tensor& w, int bits, std::int64_t group_size, bool sym = false) {
+  const quant::MethodInfo& affine = quant::find_method("affine");
+  quant::QuantParams p = affine.defaults;
+  p.bits = bits;
+  p.group_size = group_size;
+  p.symmetric = sym;
+  p.variant = "minmax:f16";
+  return affine.quantize(w, p);
 }
 
 }  // namespace lowbit::io::test
