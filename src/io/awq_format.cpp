@@ -17,6 +17,7 @@
 #include "lowbit/io/formats/awq.hpp"
 #include "lowbit/quant/affine.hpp"
 #include "lowbit/io/atomic_file.hpp"
+#include "config_json.hpp"
 
 namespace lowbit::io {
 namespace {
@@ -78,31 +79,15 @@ Tensor permute_eights(const Tensor& values, const int (&from)[8]) {
 
 std::string read_text(const std::filesystem::path& path) { return read_text_file(path, "awq"); }
 
-std::filesystem::path folder_of(const Checkpoint& checkpoint) {
-  return std::filesystem::is_directory(checkpoint.path()) ? checkpoint.path() : checkpoint.path().parent_path();
-}
 
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
-  return s;
-}
-
-// A JSON integer or an integral float (AutoAWQ passes the values through Python unchanged).
 std::int64_t integer_value(const Json& v, std::string_view key, std::string_view source) {
-  if (v.is_number_integer()) return v.get<std::int64_t>();
-  if (v.is_number_float()) {
-    const double d = v.get<double>();
-    LOWBIT_CHECK(d == static_cast<double>(static_cast<std::int64_t>(d)), ErrorCode::Corrupt,
-                 "awq: '{}': '{}' = {} is not an integer", source, key, d);
-    return static_cast<std::int64_t>(d);
-  }
-  LOWBIT_THROW(ErrorCode::Corrupt, "awq: '{}': '{}' is {}; expected an integer", source, key, v.dump());
+  return detail::config_integer(v, key, source, "awq");
 }
 
 // The quant_method of a config dictionary, lower case; "" when absent or null.
 std::string quant_method_of(const Json& j) {
   if (!j.is_object() || !j.contains("quant_method") || !j["quant_method"].is_string()) return "";
-  return lower(j["quant_method"].get<std::string>());
+  return detail::ascii_lower(j["quant_method"].get<std::string>());
 }
 
 // Whether a side file (quant_config.json, quantize_config.json) holds an AWQ config.
@@ -256,7 +241,7 @@ AwqConfig parse_awq_config(std::string_view text, std::string_view source) {
   if (j.contains("version") && !j["version"].is_null()) {
     LOWBIT_CHECK(j["version"].is_string(), ErrorCode::Corrupt, "awq: '{}': version is {}; expected a string", source,
                  j["version"].dump());
-    const std::string version = lower(j["version"].get<std::string>());
+    const std::string version = detail::ascii_lower(j["version"].get<std::string>());
     if (version == "gemm") {
       c.version = AwqVersion::Gemm;
     } else if (version == "gemv") {
@@ -268,7 +253,7 @@ AwqConfig parse_awq_config(std::string_view text, std::string_view source) {
     }
   }
   if (j.contains("backend") && j["backend"].is_string()) {
-    const std::string backend = lower(j["backend"].get<std::string>());
+    const std::string backend = detail::ascii_lower(j["backend"].get<std::string>());
     LOWBIT_CHECK(backend != "llm-awq" && backend != "llm_awq", ErrorCode::Unsupported,
                  "awq: '{}': backend '{}' stores llm-awq's TinyChat layout, not AutoAWQ's; it is not supported", source,
                  backend);
@@ -284,7 +269,7 @@ AwqConfig parse_awq_config(std::string_view text, std::string_view source) {
 }
 
 std::optional<AwqConfig> find_awq_config(const Checkpoint& checkpoint) {
-  const auto folder = folder_of(checkpoint);
+  const auto folder = detail::config_folder(checkpoint);
   const auto config = folder / "config.json";
   if (std::filesystem::exists(config)) {
     const Json j = Json::parse(read_text(config), nullptr, false);

@@ -20,6 +20,7 @@
 #include "lowbit/core/parallel.hpp"
 #include "lowbit/quant/affine.hpp"
 #include "lowbit/io/atomic_file.hpp"
+#include "config_json.hpp"
 
 namespace lowbit::io {
 namespace {
@@ -118,39 +119,9 @@ Tensor unpack_qweight(const Tensor& qweight, int bits, std::int64_t k) {
 
 std::string read_text(const std::filesystem::path& path) { return read_text_file(path, "gptq"); }
 
-std::filesystem::path folder_of(const Checkpoint& checkpoint) {
-  return std::filesystem::is_directory(checkpoint.path()) ? checkpoint.path() : checkpoint.path().parent_path();
-}
 
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
-  return s;
-}
-
-// An integer value: a JSON integer, an integral float (4.0) or a string of digits ("4"), as Python's
-// int() would take it from these files.
 std::int64_t integer_value(const Json& v, std::string_view key, std::string_view source) {
-  if (v.is_number_integer()) return v.get<std::int64_t>();
-  if (v.is_number_float()) {
-    const double d = v.get<double>();
-    LOWBIT_CHECK(d == static_cast<double>(static_cast<std::int64_t>(d)), ErrorCode::Corrupt,
-                 "gptq: '{}': '{}' = {} is not an integer", source, key, d);
-    return static_cast<std::int64_t>(d);
-  }
-  if (v.is_string()) {
-    const std::string s = v.get<std::string>();
-    std::size_t used = 0;
-    std::int64_t out = 0;
-    try {
-      out = std::stoll(s, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    LOWBIT_CHECK(used == s.size() && !s.empty(), ErrorCode::Corrupt, "gptq: '{}': '{}' = \"{}\" is not an integer",
-                 source, key, s);
-    return out;
-  }
-  LOWBIT_THROW(ErrorCode::Corrupt, "gptq: '{}': '{}' is {}; expected an integer", source, key, v.dump());
+  return detail::config_integer(v, key, source, "gptq");
 }
 
 bool bool_value(const Json& v, std::string_view key, std::string_view source) {
@@ -208,7 +179,7 @@ std::string_view torch_dtype_key(const Json& config) {
 
 // The original weights' dtype: config.json's torch_dtype, else f16 (what GPTQ models run in).
 DType checkpoint_dtype(const Checkpoint& checkpoint) {
-  const auto path = folder_of(checkpoint) / "config.json";
+  const auto path = detail::config_folder(checkpoint) / "config.json";
   if (!std::filesystem::exists(path)) return DType::F16;
   const Json j = Json::parse(read_text(path), nullptr, false);
   if (!j.is_object()) return DType::F16;
@@ -439,7 +410,7 @@ GptqConfig parse_gptq_config(std::string_view text, std::string_view source) {
   if (j.contains("quant_method") && !j["quant_method"].is_null()) {
     LOWBIT_CHECK(j["quant_method"].is_string(), ErrorCode::Corrupt, "gptq: '{}': quant_method is {}", source,
                  j["quant_method"].dump());
-    const std::string method = lower(j["quant_method"].get<std::string>());
+    const std::string method = detail::ascii_lower(j["quant_method"].get<std::string>());
     LOWBIT_CHECK(method == "gptq", ErrorCode::Unsupported,
                  "gptq: '{}': quant_method is '{}', not 'gptq'; lowbit reads AutoGPTQ/GPTQModel 'gptq' checkpoints "
                  "(and its own, bitsandbytes and HQQ ones), not this layout",
@@ -476,7 +447,7 @@ GptqConfig parse_gptq_config(std::string_view text, std::string_view source) {
   std::string format = "gptq";
   for (const char* key : {"checkpoint_format", "format"}) {
     if (j.contains(key) && j[key].is_string()) {
-      format = lower(j[key].get<std::string>());
+      format = detail::ascii_lower(j[key].get<std::string>());
       break;
     }
   }
@@ -498,7 +469,7 @@ GptqConfig parse_gptq_config(std::string_view text, std::string_view source) {
   if (j.contains("meta") && j["meta"].is_object() && j["meta"].contains("quantizer")) {
     const Json& producers = j["meta"]["quantizer"];
     for (const Json& p : producers.is_array() ? producers : Json::array({producers})) {
-      if (p.is_string() && lower(p.get<std::string>()).starts_with("gptqmodel")) c.v1_from_gptqmodel = true;
+      if (p.is_string() && detail::ascii_lower(p.get<std::string>()).starts_with("gptqmodel")) c.v1_from_gptqmodel = true;
     }
   }
   if (j.contains("dynamic") && !j["dynamic"].is_null()) {
@@ -510,7 +481,7 @@ GptqConfig parse_gptq_config(std::string_view text, std::string_view source) {
 }
 
 std::optional<GptqConfig> find_gptq_config(const Checkpoint& checkpoint) {
-  const auto folder = folder_of(checkpoint);
+  const auto folder = detail::config_folder(checkpoint);
   for (const char* name : {"quantize_config.json", "quant_config.json"}) {
     const auto path = folder / name;
     if (std::filesystem::exists(path)) return parse_gptq_config(read_text(path), path.string());

@@ -159,8 +159,10 @@ Tensor checked_clip_max(const AffineConfig& c, const Plan& p) {
   return m;
 }
 
-// Converts the fp32 scales to the stored dtype, refusing values fp16 cannot hold.
-Tensor store_scales(const Tensor& scales32, DType dtype) {
+
+}  // namespace
+
+Tensor affine_store_scales(const Tensor& scales32, DType dtype, std::string_view operation) {
   if (dtype == DType::F32) return scales32;
   Tensor out = Tensor::empty(scales32.shape(), DType::F16);
   const float* s = scales32.data<float>();
@@ -169,16 +171,14 @@ Tensor store_scales(const Tensor& scales32, DType dtype) {
   for (std::int64_t i = 0; i < scales32.numel(); ++i) {
     h[i] = Half::from_float(s[i]);
     LOWBIT_CHECK((h[i].bits & 0x7c00u) != 0x7c00u, ErrorCode::Numerical,
-                 "{}: scale {} of row {}, group {} overflows f16 (largest 65504); use scale_dtype f32", kQuantize, s[i],
+                 "{}: scale {} of row {}, group {} overflows f16 (largest 65504); use scale_dtype f32", operation, s[i],
                  i / cols, i % cols);
     LOWBIT_CHECK((h[i].bits & 0x7fffu) != 0, ErrorCode::Numerical,
                  "{}: scale {} of row {}, group {} underflows f16 to 0 (smallest 5.96e-08); use scale_dtype f32",
-                 kQuantize, s[i], i / cols, i % cols);
+                 operation, s[i], i / cols, i % cols);
   }
   return out;
 }
-
-}  // namespace
 
 AffineConfig affine_int8_config() {
   AffineConfig c;
@@ -270,7 +270,7 @@ QuantizedTensor quantize_affine(const Tensor& weight, const AffineConfig& config
   q.dtype = weight.dtype();
   q.params = affine_params_from_config(config);
   q.components.emplace("codes", std::move(codes));
-  q.components.emplace("scales", store_scales(scales32, config.scale_dtype));
+  q.components.emplace("scales", affine_store_scales(scales32, config.scale_dtype, kQuantize));
   q.components.emplace("zeros", std::move(zeros));
   return q;
 }

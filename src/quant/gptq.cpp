@@ -974,24 +974,6 @@ void sweep(const Problem& pb, const Factor& f, const GptqConfig& cfg, const Kern
   }
 }
 
-// Converts the fp32 scales to the stored dtype, refusing values fp16 cannot hold (as quantize_affine does).
-Tensor store_scales(const Tensor& scales32, DType dtype) {
-  if (dtype == DType::F32) return scales32;
-  Tensor out = Tensor::empty(scales32.shape(), DType::F16);
-  const float* s = scales32.data<float>();
-  Half* h = out.data<Half>();
-  const std::int64_t cols = scales32.size(1);
-  for (std::int64_t i = 0; i < scales32.numel(); ++i) {
-    h[i] = Half::from_float(s[i]);
-    LOWBIT_CHECK((h[i].bits & 0x7c00u) != 0x7c00u, ErrorCode::Numerical,
-                 "{}: scale {} of row {}, group {} overflows f16 (largest 65504); use scale_dtype f32", kOp, s[i],
-                 i / cols, i % cols);
-    LOWBIT_CHECK((h[i].bits & 0x7fffu) != 0, ErrorCode::Numerical,
-                 "{}: scale {} of row {}, group {} underflows f16 to 0 (smallest 5.96e-08); use scale_dtype f32", kOp,
-                 s[i], i / cols, i % cols);
-  }
-  return out;
-}
 
 }  // namespace
 
@@ -1107,7 +1089,7 @@ GptqResult quantize_gptq(const Tensor& weight, const Tensor& hessian, const Gptq
   q.dtype = weight.dtype();
   q.params = gptq_params_from_config(config);
   q.components.emplace("codes", std::move(codes));
-  q.components.emplace("scales", store_scales(scales32, config.scale_dtype));
+  q.components.emplace("scales", affine_store_scales(scales32, config.scale_dtype, kOp));
   q.components.emplace("zeros", std::move(zeros));
   if (pb.dynamic && config.act_order) {
     // g_idx[c] = rank(c) / g; stored only where some column leaves the contiguous c / g grouping.

@@ -77,6 +77,11 @@ AffineConfig affine_rtn_config();
 
 // ---- group parameters and single values: shared with GPTQ, AWQ and the CUDA kernels -----------------------
 
+// fp32 scales [n, groups] in the stored dtype (F32: as they are; F16: rounded), shared by RTN and GPTQ.
+// Throws Numerical naming `operation`, the row and the group of a scale that overflows f16 or underflows
+// it to 0 (use scale_dtype F32 for such weights).
+Tensor affine_store_scales(const Tensor& scales32, DType dtype, std::string_view operation);
+
 // One group's grid: w_hat = scale * (code - zero).
 struct AffineGroupParams {
   float scale = 1.0f;       // step between neighbouring codes, > 0
