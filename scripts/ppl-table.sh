@@ -9,7 +9,8 @@
 #   PPL_ARGS       perplexity options (default: per-story for stories15M; else windows of 2048 over the
 #                  joined WikiText rows, first 32768 tokens: a CPU-sized sample of the papers' protocol)
 #   PPL_SET        methods (default): every method at 4 bits and the 8-bit ones; gptq: RTN and GPTQ at
-#                  w4 g32/g128/per-channel, w3 g32, w2 g32, with and without act-order
+#                  w4 g32/g128/per-channel, w3 g32, w2 g32, with and without act-order; awq: RTN, GPTQ and
+#                  AWQ with both scale formulas at w4/w3 g32 and g128
 #   PPL_METHODS    space-separated subset of the rows' methods (default: all available)
 #   PPL_OUT        folder for the quantized models (default: out/ppl-table; each is removed after use)
 set -euo pipefail
@@ -66,7 +67,18 @@ case "${PPL_SET:-methods}" in
              "GPTQ $label act-order|--method gptq --asym --act-order $flags|calib")
     done
     ;;
-  *) echo "ppl-table.sh: PPL_SET='$PPL_SET' is not one of: methods, gptq" >&2; exit 2 ;;
+  awq)  # AWQ with both scale formulas against RTN and GPTQ on AWQ's grid (zero point, asymmetric)
+    rows=()
+    for setting in "w4 g32|--bits 4 --group-size 32" "w3 g32|--bits 3 --group-size 32" \
+                   "w4 g128|--bits 4 --group-size 128" "w3 g128|--bits 3 --group-size 128"; do
+      IFS='|' read -r label flags <<<"$setting"
+      rows+=("RTN $label|--method rtn --asym $flags|"
+             "GPTQ $label|--method gptq --asym $flags|calib"
+             "AWQ $label (llm-awq scales)|--method awq $flags|calib --calib-split documents"
+             "AWQ $label (duo scaling)|--method awq --duo-scaling $flags|calib --calib-split documents")
+    done
+    ;;
+  *) echo "ppl-table.sh: PPL_SET='$PPL_SET' is not one of: methods, gptq, awq" >&2; exit 2 ;;
 esac
 available=$("$lowbit" quantize --help | sed -n 's/^ \{20,\}\([a-z0-9_-]*\) .*/\1/p')
 

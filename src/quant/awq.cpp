@@ -16,13 +16,19 @@ namespace {
 
 bool valid_bits(int bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 8; }
 
-// Group size as a whole number of columns (-1: the row).
-std::int64_t checked_group(std::int64_t k, std::int64_t group_size, std::string_view operation) {
+// The groups of one row: `count` runs of g columns, the last one shorter where g does not divide k (the
+// references reshape W into whole groups and refuse such k; we follow affine's convention instead, so that
+// g128 works on K = 288: groups of 128, 128 and 32).
+struct Groups {
+  std::int64_t g = 0, count = 0, k = 0;
+  std::int64_t len(std::int64_t gi) const { return std::min(g, k - gi * g); }
+};
+
+Groups checked_groups(std::int64_t k, std::int64_t group_size, std::string_view operation) {
   const std::int64_t g = group_size == -1 ? k : group_size;
-  LOWBIT_CHECK(g >= 1 && k % g == 0, ErrorCode::InvalidArgument,
-               "{}: group_size = {} must be -1 or divide k = {} (the AWQ references reshape W into whole groups)",
-               operation, group_size, k);
-  return g;
+  LOWBIT_CHECK(g >= 1 && k >= 1, ErrorCode::InvalidArgument,
+               "{}: group_size = {} must be -1 or positive (k = {})", operation, group_size, k);
+  return Groups{g, (k + g - 1) / g, k};
 }
 
 // Quantizes and dequantizes one group in place (clamped to [-m, m] first when m >= 0).
@@ -62,8 +68,8 @@ AffineGroupParams awq_group_params(float group_min, float group_max, int bits) {
 
 void awq_pseudo_quantize(float* w, std::int64_t n, std::int64_t k, int bits, std::int64_t group_size,
                          std::span<const float> clip_max) {
-  const std::int64_t g = checked_group(k, group_size, "awq_pseudo_quantize");
-  const std::int64_t groups = k / g;
+  const Groups gs = checked_groups(k, group_size, "awq_pseudo_quantize");
+  const std::int64_t g = gs.g, groups = gs.count;
   LOWBIT_CHECK(clip_max.empty() || static_cast<std::int64_t>(clip_max.size()) == n * groups,
                ErrorCode::ShapeMismatch, "awq_pseudo_quantize: clip_max has {} values, W [{}, {}] has {} groups",
                clip_max.size(), n, k, n * groups);
@@ -72,7 +78,7 @@ void awq_pseudo_quantize(float* w, std::int64_t n, std::int64_t k, int bits, std
     for (std::int64_t r = r0; r < r1; ++r) {
       for (std::int64_t gi = 0; gi < groups; ++gi) {
         const float m = clip_max.empty() ? -1.0f : clip_max[static_cast<std::size_t>(r * groups + gi)];
-        pseudo_quantize_group(w + r * k + gi * g, g, bits, m);
+        pseudo_quantize_group(w + r * k + gi * g, gs.len(gi), bits, m);
       }
     }
   });
@@ -84,8 +90,8 @@ QuantizedTensor quantize_awq(const Tensor& weight, int bits, std::int64_t group_
   Tensor holder;
   const float* w = contiguous_f32(weight, holder, kOp);
   const std::int64_t n = holder.size(0), k = holder.size(1);
-  const std::int64_t g = checked_group(k, group_size, kOp);
-  const std::int64_t groups = k / g;
+  const Groups gs = checked_groups(k, group_size, kOp);
+  const std::int64_t g = gs.g, groups = gs.count;
   Tensor clip;
   if (clip_max.defined()) {
     LOWBIT_CHECK(clip_max.shape() == (Shape{n, groups}), ErrorCode::ShapeMismatch,
@@ -110,8 +116,9 @@ QuantizedTensor quantize_awq(const Tensor& weight, int bits, std::int64_t group_
     for (std::int64_t r = r0; r < r1; ++r) {
       for (std::int64_t gi = 0; gi < groups; ++gi) {
         const float* src = w + r * k + gi * g;
+        const std::int64_t len = gs.len(gi);
         float lo = std::numeric_limits<float>::infinity(), hi = -lo;
-        for (std::int64_t j = 0; j < g; ++j) {
+        for (std::int64_t j = 0; j < len; ++j) {
           float v = src[j];
           if (cm != nullptr) v = std::clamp(v, -cm[r * groups + gi], cm[r * groups + gi]);
           buffer[static_cast<std::size_t>(j)] = v;
@@ -121,7 +128,7 @@ QuantizedTensor quantize_awq(const Tensor& weight, int bits, std::int64_t group_
         const AffineGroupParams p = awq_group_params(lo, hi, bits);
         scale_data[r * groups + gi] = Half::from_float(p.scale);  // exact: p.scale is an f16 value
         zero_data[r * groups + gi] = static_cast<std::uint8_t>(p.zero);
-        for (std::int64_t j = 0; j < g; ++j) {
+        for (std::int64_t j = 0; j < len; ++j) {
           code_data[r * k + gi * g + j] =
               static_cast<std::uint8_t>(affine_quantize_value(buffer[static_cast<std::size_t>(j)], p, bits));
         }
@@ -145,7 +152,7 @@ QuantizedTensor quantize_awq(const Tensor& weight, int bits, std::int64_t group_
 std::vector<float> awq_weight_mean(std::span<const Tensor> weights, std::int64_t group_size) {
   LOWBIT_CHECK(!weights.empty(), ErrorCode::InvalidArgument, "awq_weight_mean: no weight given");
   const std::int64_t k = weights[0].size(1);
-  const std::int64_t g = checked_group(k, group_size, "awq_weight_mean");
+  const std::int64_t g = checked_groups(k, group_size, "awq_weight_mean").g;
   std::vector<double> sum(static_cast<std::size_t>(k), 0.0);
   std::int64_t rows = 0;
   for (const Tensor& t : weights) {
@@ -155,10 +162,11 @@ std::vector<float> awq_weight_mean(std::span<const Tensor> weights, std::int64_t
     const float* w = t.data<float>();
     for (std::int64_t r = 0; r < t.size(0); ++r) {
       for (std::int64_t c0 = 0; c0 < k; c0 += g) {
+        const std::int64_t len = std::min(g, k - c0);
         float m = 0.0f;
-        for (std::int64_t j = 0; j < g; ++j) m = std::max(m, std::abs(w[r * k + c0 + j]));
+        for (std::int64_t j = 0; j < len; ++j) m = std::max(m, std::abs(w[r * k + c0 + j]));
         const double denom = static_cast<double>(m) + 1e-6;  // AutoAWQ: / (max + 1e-6)
-        for (std::int64_t j = 0; j < g; ++j) sum[static_cast<std::size_t>(c0 + j)] += std::abs(w[r * k + c0 + j]) / denom;
+        for (std::int64_t j = 0; j < len; ++j) sum[static_cast<std::size_t>(c0 + j)] += std::abs(w[r * k + c0 + j]) / denom;
       }
     }
     rows += t.size(0);
@@ -221,6 +229,7 @@ namespace {
 
 struct ClipProblem {
   std::int64_t n = 0, k = 0, g = 0, groups = 0;
+  std::int64_t len(std::int64_t gi) const { return std::min(g, k - gi * g); }
   std::vector<float> x;  // sampled tokens [ts, k]
   std::int64_t ts = 0;
   const float* w = nullptr;
@@ -231,8 +240,9 @@ ClipProblem clip_problem(const Tensor& weight, const Tensor& inputs, const AwqCo
   p.w = contiguous_f32(weight, wholder, "awq_search_clip");
   p.n = wholder.size(0);
   p.k = wholder.size(1);
-  p.g = checked_group(p.k, config.group_size, "awq_search_clip");
-  p.groups = p.k / p.g;
+  const Groups gs = checked_groups(p.k, config.group_size, "awq_search_clip");
+  p.g = gs.g;
+  p.groups = gs.count;
   LOWBIT_CHECK(inputs.rank() == 2 && inputs.size(1) == p.k && inputs.size(0) >= 1, ErrorCode::InvalidArgument,
                "awq_search_clip: inputs must be [tokens >= 1, {}], got {}", p.k, inputs.describe());
   const Tensor x = inputs.to(DType::F32).contiguous();
@@ -247,12 +257,12 @@ ClipProblem clip_problem(const Tensor& weight, const Tensor& inputs, const AwqCo
 }
 
 // Mean over sampled tokens of (x . (q - w))^2 for one group (w the original group, q its candidate).
-double group_error(const ClipProblem& p, std::int64_t c0, const float* w, const float* q) {
+double group_error(const ClipProblem& p, std::int64_t c0, std::int64_t len, const float* w, const float* q) {
   double err = 0;
   for (std::int64_t t = 0; t < p.ts; ++t) {
     const float* xr = p.x.data() + t * p.k + c0;
     float y0 = 0.0f, y = 0.0f;  // the references' fp32 sums
-    for (std::int64_t j = 0; j < p.g; ++j) {
+    for (std::int64_t j = 0; j < len; ++j) {
       y0 += xr[j] * w[j];
       y += xr[j] * q[j];
     }
@@ -273,17 +283,17 @@ Tensor awq_search_clip(const Tensor& weight, const Tensor& inputs, const AwqConf
   parallel_for(p.n * p.groups, 1, [&](std::int64_t i0, std::int64_t i1) {
     std::vector<float> q(static_cast<std::size_t>(p.g));
     for (std::int64_t i = i0; i < i1; ++i) {
-      const std::int64_t r = i / p.groups, c0 = (i % p.groups) * p.g;
+      const std::int64_t r = i / p.groups, c0 = (i % p.groups) * p.g, len = p.len(i % p.groups);
       const float* w = p.w + r * p.k + c0;
       float m0 = 0.0f;
-      for (std::int64_t j = 0; j < p.g; ++j) m0 = std::max(m0, std::abs(w[j]));
+      for (std::int64_t j = 0; j < len; ++j) m0 = std::max(m0, std::abs(w[j]));
       double best = 1e9;  // the references' initial min_errs
       float best_m = m0;
       for (int s = 0; s < steps; ++s) {
         const float m = m0 * (1.0f - static_cast<float>(s) / static_cast<float>(config.n_grid));
-        std::copy(w, w + p.g, q.begin());
-        pseudo_quantize_group(q.data(), p.g, config.bits, m);
-        const double err = group_error(p, c0, w, q.data());
+        std::copy(w, w + len, q.begin());
+        pseudo_quantize_group(q.data(), len, config.bits, m);
+        const double err = group_error(p, c0, len, w, q.data());
         if (err < best) {
           best = err;
           best_m = m;
@@ -302,11 +312,11 @@ double awq_clip_loss(const Tensor& weight, const Tensor& inputs, const AwqConfig
   double total = 0;
   std::vector<float> q(static_cast<std::size_t>(p.g));
   for (std::int64_t i = 0; i < p.n * p.groups; ++i) {
-    const std::int64_t r = i / p.groups, c0 = (i % p.groups) * p.g;
+    const std::int64_t r = i / p.groups, c0 = (i % p.groups) * p.g, len = p.len(i % p.groups);
     const float* w = p.w + r * p.k + c0;
-    std::copy(w, w + p.g, q.begin());
-    pseudo_quantize_group(q.data(), p.g, config.bits, clip.defined() ? clip.data<float>()[i] : -1.0f);
-    total += group_error(p, c0, w, q.data());
+    std::copy(w, w + len, q.begin());
+    pseudo_quantize_group(q.data(), len, config.bits, clip.defined() ? clip.data<float>()[i] : -1.0f);
+    total += group_error(p, c0, len, w, q.data());
   }
   return total / static_cast<double>(p.n * p.groups);
 }

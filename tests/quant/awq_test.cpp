@@ -112,7 +112,39 @@ TEST(Awq, CheckpointFormDecodesToThePseudoQuantizedWeight) {
       for (std::int64_t i = 0; i < w.numel(); ++i) ASSERT_EQ(decoded.data<float>()[i], expect.data<float>()[i]) << i;
     }
   }
-  EXPECT_THROW(quantize_awq(normal(4, 96, 1.0f, rng), 4, 40), Error);  // 40 does not divide 96
+  EXPECT_THROW(quantize_awq(normal(4, 96, 1.0f, rng), 4, 0), Error);
+  EXPECT_THROW(quantize_awq(normal(4, 96, 1.0f, rng), 4, -2), Error);
+}
+
+// Group 128 on K = 288 (stories15M's hidden size): groups of 128, 128 and 32. Each group must come out as if
+// it were quantized alone (a row of its own length, one group), in both the checkpoint form and the pseudo-
+// quantizer; the clip search returns one bound per group, the short one included, and never raises the loss.
+TEST(Awq, ShortLastGroupIsQuantizedAsAGroupOfItsOwn) {
+  std::mt19937_64 rng(std::random_device{}());
+  const std::int64_t n = 19, k = 288, g = 128;
+  const Tensor w = normal(n, k, 0.05f, rng);
+  const QuantizedTensor q = quantize_awq(w, 4, g);
+  EXPECT_EQ(q.component("scales").shape(), (Shape{n, 3}));
+  const Tensor decoded = dequantize_affine_reference(q);
+  Tensor pseudo = w.clone();
+  awq_pseudo_quantize(pseudo.data<float>(), n, k, 4, g);
+  for (std::int64_t r = 0; r < n; ++r) {
+    for (std::int64_t c0 = 0; c0 < k; c0 += g) {
+      const std::int64_t len = std::min(g, k - c0);
+      std::vector<float> alone(w.data<float>() + r * k + c0, w.data<float>() + r * k + c0 + len);
+      awq_pseudo_quantize(alone.data(), 1, len, 4, -1);
+      for (std::int64_t j = 0; j < len; ++j) {
+        ASSERT_EQ(decoded.data<float>()[r * k + c0 + j], alone[static_cast<std::size_t>(j)]) << r << " " << c0 + j;
+        ASSERT_EQ(pseudo.data<float>()[r * k + c0 + j], alone[static_cast<std::size_t>(j)]) << r << " " << c0 + j;
+      }
+    }
+  }
+  AwqConfig c;
+  c.group_size = g;
+  const Tensor x = normal(300, k, 1.0f, rng);
+  const Tensor clip = awq_search_clip(w, x, c);
+  EXPECT_EQ(clip.shape(), (Shape{n, 3}));
+  EXPECT_LE(awq_clip_loss(w, x, c, clip), awq_clip_loss(w, x, c, Tensor{}));
 }
 
 TEST(Awq, ScaleFormulasMatchTheSpecVectors) {

@@ -43,7 +43,7 @@ namespace lowbit::quant {
 
 struct AwqConfig {
   int bits = 4;                   // 2, 3 or 4 (8 works too)
-  std::int64_t group_size = 128;  // >= 1 and dividing k, or -1 for one group per row
+  std::int64_t group_size = 128;  // >= 1 (a shorter last group where it does not divide k), -1: the row
   bool duo_scaling = false;       // AutoAWQ's x_mean^a / (w_mean^(1-a) + 1e-4); default: llm-awq's x_mean^a
   bool clip = true;               // the clip search (llm-awq / AutoAWQ apply_clip)
   int n_grid = 20;                // alpha grid and clip shrink steps
@@ -64,8 +64,10 @@ void awq_pseudo_quantize(float* w, std::int64_t n, std::int64_t k, int bits, std
 // The checkpoint form: method "affine" (codes u8, scales f16, zeros u8; params bits, group_size, symmetric
 // false, variant "minmax:f16"), holding Q(clamp(W)) on the AWQ grid; dequantize_affine_reference of it
 // equals awq_pseudo_quantize of the same input exactly. W: any float dtype [n, k]. Throws InvalidArgument
-// for bits outside {2, 3, 4, 8}, a group size that does not divide k (AutoAWQ's requirement), a bad
-// clip_max; Numerical naming a NaN/Inf weight.
+// for bits outside {2, 3, 4, 8}, a group size of 0 or below -1, a bad clip_max; Numerical naming a NaN/Inf
+// weight. Where group_size does not divide k the last group of each row is shorter (k - (groups-1) g
+// columns), as affine's; the references refuse such k, so only our own format and the lowbit checkpoint
+// hold it (the AutoAWQ writer still refuses it).
 QuantizedTensor quantize_awq(const Tensor& weight, int bits, std::int64_t group_size, const Tensor& clip_max = {});
 
 // ---- statistics and scales ------------------------------------------------------------------------------
