@@ -22,6 +22,10 @@ tmp=$(mktemp)
   echo
   PPL_SET=gptq "$root/scripts/ppl-table.sh" "$model"
   echo
+  echo "## AWQ (both scale formulas) against RTN and GPTQ on AWQ's grid"
+  echo
+  PPL_SET=awq "$root/scripts/ppl-table.sh" "$model"
+  echo
   echo "## Weight error of the data-free methods"
   echo
   echo "Made by \`lowbit quality $(basename "$model")\`."
