@@ -1,4 +1,4 @@
-// y[m, n] = x[m, k] W_hat^T for affine 2/3/4/8-bit weights, m <= 8 (decode-time GEMV).
+// y[m, n] = x[m, k] W_hat^T for affine 2/3/4/8-bit weights, m <= 2 at 4 and 8 bits, m <= 8 at 2 and 3 bits (decode-time GEMV).
 //
 // Operands   x: fp16|bf16 [m, k] row-major (act-order: already permuted). qweight u32 [n, k_pad/32*bits],
 //            scales f16|f32 [n, groups], zeros u8 [n, groups] (cuda/affine.hpp, docs/kernels.md#affine).
@@ -6,7 +6,7 @@
 // Design     at m <= 8 the time is weight bytes / bandwidth: kernels::gemv_kernel (weight_only.cuh), a
 //            warp per 2 rows, each lane streaming 16-byte packs, decoded with AffineDecoder (one LOP3 +
 //            HSUB2 + HMUL2 per column pair), fixed xor-butterfly reduction.
-// Launch     plan_affine(): 128 threads, 8 rows a block, m rounded up to kM in {1, 2, 4, 8}.
+// Launch     plan_affine(): 128 threads, 8 rows a block, m rounded up to kM in {1, 2} (4 and 8 bits) or {1, 2, 4, 8} (2 and 3 bits).
 // Refuses    (bits, dtype, kM) outside kAffineBuilt: Unsupported listing the table.
 // Instances  the Gemv rows of kAffineBuilt (cuda/affine.hpp).
 #include "affine_decoder.cuh"

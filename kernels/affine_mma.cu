@@ -1,8 +1,8 @@
-// y[m, n] = x[m, k] W_hat^T for affine 4/8-bit weights, 9 <= m <= 256, on tensor cores.
+// y[m, n] = x[m, k] W_hat^T for affine 4/8-bit weights, 3 <= m <= 64, on tensor cores.
 //
 // Operands   as kernels/affine_gemv.cu; partials f32 [k_splits, m, n] when the plan splits k.
 // Reference  dequantize_affine_reference() + fp32 matmul; tests/cuda/affine_kernel_test.cpp.
-// Design     kernels::mma_kernel (weight_only.cuh): packed W and x tiles through a 3-stage cp.async ring,
+// Design     kernels::mma_kernel (weight_only.cuh): packed W and x tiles through a 4-stage cp.async ring,
 //            W decoded by AffineDecoder into a padded fp16/bf16 shared tile, mma.sync m16n8k16 with fp32
 //            accumulation; split-k partials summed in split order by a second kernel (no atomics).
 // Launch     plan_affine(): 128 threads, 64 rows of W a block, kBM = 16 (m <= 16) or 64; k_splits so

@@ -1,23 +1,30 @@
-// The Dequantize regime (m > 256) and the small pieces every weight-only format shares.
+// The Dequantize regime (m above the tensor-core range: 64, or 8 at 2 and 3 bits) and the small pieces
+// every weight-only format shares.
 //
-//   launch_affine_dequantize   W_hat [n, k] fp16|bf16 from the affine repacked layout (one thread a pack,
+//   launch_affine_dequantize   W_hat [n, k] fp16|bf16 from the affine repacked layout (a block a row,
 //                              kernels::dequantize_kernel; any Decoder plugs into the same template)
 //   gemm_x_wt                  y = x W^T through cublasGemmEx, fp32 accumulation, on a handle per (device,
 //                              stream) created once
 //   permute_columns            act-order's x[:, perm] gather into a scratch buffer
-//   StreamScratch              stream-ordered scratch (cudaMallocAsync / cudaFreeAsync)
+//   StreamScratch              stream-ordered scratch (cudaMallocAsync / cudaFreeAsync) from the device's
+//                              default pool, whose release threshold is raised once per device so that
+//                              freed scratch stays in the pool across synchronizations (the default
+//                              threshold 0 hands it back to the driver at every sync, and the next call
+//                              maps it again)
 //
 // Operands   x [m, k], W_hat [n, k], y [m, n]: row-major, F16 or BF16 (one dtype for all three).
 // Reference  dequantize_affine_reference(); tests/cuda/affine_kernel_test.cpp (m = 1024 and 300).
-// Launch     256 threads a block, one thread a pack (dequantize) or an element (permute).
+// Launch     dequantize: 128 threads a block, a block a weight row; permute: 256 threads, one thread an element.
 // Refuses    dtypes other than F16/BF16; a (bits, dtype) outside kAffineBuilt: Unsupported listing it.
 // Instances  the Dequantize rows of kAffineBuilt (cuda/affine.hpp).
 #include <cublas_v2.h>
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 #include "../src/cuda/weight_only.hpp"
 #include "affine_decoder.cuh"
@@ -106,8 +113,30 @@ void permute_columns(const void* x, const std::int32_t* perm, void* out, std::in
   LOWBIT_CUDA_CHECK(cudaGetLastError());
 }
 
+namespace {
+
+// Keep freed memory in the current device's default pool (release threshold = max), once per device.
+void keep_default_pool_memory() {
+  static std::mutex mutex;
+  static std::vector<bool> done;
+  int device = 0;
+  LOWBIT_CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (static_cast<std::size_t>(device) < done.size() && done[static_cast<std::size_t>(device)]) return;
+  cudaMemPool_t pool = nullptr;
+  LOWBIT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+  std::uint64_t threshold = UINT64_MAX;
+  LOWBIT_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  if (done.size() <= static_cast<std::size_t>(device)) done.resize(static_cast<std::size_t>(device) + 1, false);
+  done[static_cast<std::size_t>(device)] = true;
+}
+
+}  // namespace
+
 StreamScratch::StreamScratch(std::size_t bytes, Stream stream) : stream_(stream) {
-  if (bytes > 0) LOWBIT_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
+  if (bytes == 0) return;
+  keep_default_pool_memory();
+  LOWBIT_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
 }
 
 StreamScratch::~StreamScratch() {

@@ -1,5 +1,5 @@
 // y[m, n] = x[m, k] W_hat^T for HQQ 4-bit weights (axis 1, power-of-two groups), every regime: GEMV
-// (m <= 8), tensor cores (9 <= m <= 256), dequantize + cuBLAS (m > 256).
+// (m <= 2), tensor cores (3 <= m <= 64), dequantize + cuBLAS (m > 64).
 //
 // Operands   x: fp16|bf16 [m, k] row-major. codes u32 [n, k_pad/8] (8 consecutive k a word, pairs
 //            interleaved), meta f16|bf16 [groups, 2] = (scale, zero) (cuda/hqq.hpp, docs/kernels.md#hqq).
@@ -12,7 +12,7 @@
 // Launch     plan_hqq() = plan_weight_only(4, ...) (src/cuda/weight_only.hpp): as the nf4 kernels.
 // Refuses    (dtype, regime, tile) outside kHqqBuilt: Unsupported listing the table. (bits, axis, group
 //            size and meta dtype are refused earlier, at prepare.)
-// Instances  kHqqBuilt (cuda/hqq.hpp): 14 kernels.
+// Instances  kHqqBuilt (cuda/hqq.hpp): 10 kernels.
 #include <type_traits>
 #include <utility>
 

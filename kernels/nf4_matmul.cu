@@ -1,5 +1,5 @@
 // y[m, n] = x[m, k] W_hat^T for NF4 / FP4 weights (bitsandbytes 4-bit), with or without double quantization,
-// every regime: GEMV (m <= 8), tensor cores (9 <= m <= 256), dequantize + cuBLAS (m > 256).
+// every regime: GEMV (m <= 2), tensor cores (3 <= m <= 64), dequantize + cuBLAS (m > 64).
 //
 // Operands   x: fp16|bf16 [m, k] row-major. codes u32 [n, k_pad/8] (8 consecutive k a word, nibble j =
 //            element j), absmax f32 [nb] or u8 [nb] + nested_absmax f32, nested_quant_map f32 [256],
@@ -13,10 +13,10 @@
 //            11 instructions per 4 codes, no shared memory, no bank conflicts) and multiplies each pair by
 //            a_b with one HMUL2.
 // Launch     plan_nf4() = plan_weight_only(4, ...) (src/cuda/weight_only.hpp): Gemv 128 threads, 8 rows a
-//            block, kM in {1, 2, 4, 8}; TensorCore 128 threads, 64 rows a block, kBM 16 or 64, split-k to
-//            fill the SMs; Dequantize one thread a pack, then cuBLAS.
+//            block, kM in {1, 2}; TensorCore 128 threads, 64 rows a block, kBM 16 or 64, split-k to
+//            fill the SMs; Dequantize a block a row, then cuBLAS.
 // Refuses    (double_quant, dtype, regime, tile) outside kNf4Built: Unsupported listing the table.
-// Instances  kNf4Built (cuda/nf4.hpp): 28 kernels.
+// Instances  kNf4Built (cuda/nf4.hpp): 20 kernels.
 #include <type_traits>
 #include <utility>
 

@@ -548,36 +548,51 @@ void launch_mma(const WeightOnlyArgs<D>& args, Stream stream) {
   }
 }
 
-// ---- dequantize (m > 256) ----------------------------------------------------------------------------
+// ---- dequantize (m above the tensor-core range) -------------------------------------------------------
 //
-// out [n, k] (row-major, the unpadded k) = W_hat in D::T. One thread per pack: 4 16-byte stores, the
-// stores past k skipped.
+// out [n, k] (row-major, the unpadded k) = W_hat in D::T. One block per row (no 64-bit division), threads
+// stride over the row's packs: every 16-byte pack load is coalesced, each thread decodes its pack into a
+// shared staging buffer (64 bytes a thread), and the block then writes the staged run with consecutive
+// threads on consecutive 16-byte words (512 contiguous bytes a warp store), the words past k skipped.
+inline constexpr int kDequantThreads = 128;
+
 template <typename D>
-__global__ void dequantize_kernel(const WeightOnlyArgs<D> args, typename D::T* out) {
+__global__ void __launch_bounds__(kDequantThreads) dequantize_kernel(const WeightOnlyArgs<D> args, typename D::T* out) {
   using T2 = vec2_t<typename D::T>;
-  const std::int64_t packs_per_row = (args.k + 31) / 32;
-  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= args.n * packs_per_row) return;
-  const std::int64_t row = i / packs_per_row;
-  const int p = static_cast<int>(i % packs_per_row);
-  std::uint32_t words[D::kBits];
-  load_pack<D::kBits>(args.codes + row * args.words_per_row + static_cast<std::int64_t>(p) * D::kBits, words);
-  const typename D::Meta meta = D::load_meta(args.params, row, p * 32);
-  T2 w[16];
-  D::decode(words, meta, w);
-  uint4* dst = reinterpret_cast<uint4*>(out + row * args.k + static_cast<std::int64_t>(p) * 32);
+  __shared__ uint4 stage[kDequantThreads * 4];
+  const std::int64_t row = blockIdx.x;
+  const int packs = static_cast<int>((args.k + 31) / 32);
+  const int words_k = static_cast<int>(args.k / 8);  // 16-byte words of the output row (k % 8 == 0)
+  const std::uint32_t* codes = args.codes + row * args.words_per_row;
+  uint4* dst = reinterpret_cast<uint4*>(out + row * args.k);
+  for (int p0 = 0; p0 < packs; p0 += kDequantThreads) {
+    const int p = p0 + static_cast<int>(threadIdx.x);
+    if (p < packs) {
+      std::uint32_t words[D::kBits];
+      load_pack<D::kBits>(codes + static_cast<std::int64_t>(p) * D::kBits, words);
+      const typename D::Meta meta = D::load_meta(args.params, row, p * 32);
+      T2 w[16];
+      D::decode(words, meta, w);
 #pragma unroll
-  for (int c = 0; c < 4; ++c) {
-    if (p * 32 + 8 * c < args.k) {
-      dst[c] = make_uint4(as_bits(w[4 * c]), as_bits(w[4 * c + 1]), as_bits(w[4 * c + 2]), as_bits(w[4 * c + 3]));
+      for (int c = 0; c < 4; ++c) {
+        stage[threadIdx.x * 4 + c] =
+            make_uint4(as_bits(w[4 * c]), as_bits(w[4 * c + 1]), as_bits(w[4 * c + 2]), as_bits(w[4 * c + 3]));
+      }
     }
+    __syncthreads();
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int j = c * kDequantThreads + static_cast<int>(threadIdx.x);  // staged word j = word 4 p0 + j of the row
+      if (4 * p0 + j < words_k) dst[4 * p0 + j] = stage[j];
+    }
+    __syncthreads();  // the staging buffer is rewritten by the next round
   }
 }
 
 template <typename D>
 void launch_dequantize(const WeightOnlyArgs<D>& args, typename D::T* out, Stream stream) {
-  const std::int64_t total = args.n * ((args.k + 31) / 32);
-  dequantize_kernel<D><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(args, out);
+  if (args.n == 0) return;
+  dequantize_kernel<D><<<static_cast<unsigned>(args.n), kDequantThreads, 0, stream>>>(args, out);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
 }
 

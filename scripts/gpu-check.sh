@@ -43,22 +43,6 @@ step "tests (all, GPU ones included)"
 ctest --test-dir "$build" --output-on-failure -j 4 ${CTEST_ARGS:-} > "$out/ctest.log" 2>&1 || status=1
 tail -n 25 "$out/ctest.log"
 
-sanitizer_line() { echo "not run"; }
-if [ -z "${SKIP_SANITIZER:-}" ]; then
-  step "compute-sanitizer (filter $sanitizer_filter)"
-  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  for tool in memcheck racecheck; do
-    start=$(date +%s)
-    if "$sanitizer" --tool "$tool" --error-exitcode 3 "$build/bin/lowbit_cuda_tests" --gtest_brief=1 \
-         --gtest_filter="$sanitizer_filter" > "$out/sanitizer-$tool.log" 2>&1; then
-      echo "$tool: clean ($(( $(date +%s) - start )) s)"
-    else
-      echo "$tool: FAILED ($(( $(date +%s) - start )) s)"; status=1
-    fi
-    tail -n 5 "$out/sanitizer-$tool.log"
-  done
-fi
-
 if [ -z "${SKIP_BENCH:-}" ]; then
   step "benchmarks"
   if [ -x "$build/bin/lowbit_cuda_bench" ]; then
@@ -79,6 +63,28 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   fi
 fi
 
+cublas_kernels='nvjet_|cublas|xmma|cutlass'  # kernel names of cuBLAS's own GEMMs
+if [ -z "${SKIP_SANITIZER:-}" ]; then
+  step "compute-sanitizer (filter $sanitizer_filter)"
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  for tool in memcheck racecheck; do
+    start=$(date +%s)
+    if "$sanitizer" --tool "$tool" --error-exitcode 3 "$build/bin/lowbit_cuda_tests" --gtest_brief=1 \
+         --gtest_filter="$sanitizer_filter" > "$out/sanitizer-$tool.log" 2>&1; then
+      echo "$tool: clean ($(( $(date +%s) - start )) s)"
+    elif [ "$tool" = racecheck ] && grep -q '^\[  PASSED  \]' "$out/sanitizer-$tool.log" &&
+         ! grep -E 'Race reported' "$out/sanitizer-$tool.log" | grep -qvE "$cublas_kernels"; then
+      # racecheck reports shared-memory hazards inside cuBLAS's own closed kernels (nvjet_sm90_*: the
+      # dequantize regime's GEMM), whose synchronisation it does not model; ours must have none.
+      echo "racecheck: clean in lowbit's kernels; $(grep -cE 'Race reported' "$out/sanitizer-$tool.log") reports," \
+           "all inside cuBLAS kernels ($cublas_kernels) ($(( $(date +%s) - start )) s)"
+    else
+      echo "$tool: FAILED ($(( $(date +%s) - start )) s)"; status=1
+    fi
+    tail -n 5 "$out/sanitizer-$tool.log"
+  done
+fi
+
 step "summary"
 echo "tests:     $(grep -E 'tests passed|tests failed' "$out/ctest.log" | tail -n 1)"
 echo "           of which label gpu: $(ctest --test-dir "$build" -L gpu -N 2>/dev/null | grep -E 'Total Tests' | tail -n 1)"
@@ -86,6 +92,7 @@ grep -E '\*\*\*Failed|\*\*\*Exception|\*\*\*Timeout' "$out/ctest.log" | head -n 
 for tool in memcheck racecheck; do
   if [ -f "$out/sanitizer-$tool.log" ]; then
     echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer-$tool.log" | tail -n 1);" \
+         "outside cuBLAS: $(grep -E 'Race reported|Invalid|Error:' "$out/sanitizer-$tool.log" | grep -cvE "$cublas_kernels");" \
          "gtest: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$out/sanitizer-$tool.log" | head -n 2 | tr '\n' ' ')"
   fi
 done

@@ -14,13 +14,24 @@ namespace lowbit::cuda::detail {
 // Columns of a repacked row: k rounded up to the tensor-core kernel's k-step (64).
 constexpr std::int64_t weight_only_padded_k(std::int64_t k) { return (k + 63) / 64 * 64; }
 
+// Regime boundaries for formats with a tensor-core instance (docs/kernels.md `## regimes` has the
+// measurements behind them): the GEMV re-reads nothing but its time grows ~linearly in m (x loads and
+// fp16 FMAs per weight), so it only wins at m <= 2; the tensor-core kernel covers one kBM = 64 tile of x
+// rows, so above 64 rows it would decode the weight once per 64 rows, and dequantize (n k (bits/8 + 2)
+// bytes) + cuBLAS (reads n k 2 bytes) is cheaper.
+inline constexpr std::int64_t kGemvMaxM = 2;
+inline constexpr std::int64_t kTensorCoreMaxM = 64;
+
 // The plan of the three weight_only.cuh templates for `bits`-bit codes (bits/8 bytes a weight streamed):
-//   m <= 8                      Gemv, threads 128, rows_per_block 8, m_tile = m rounded up to 1, 2, 4, 8
-//   m <= 256 and tensor_core    TensorCore, threads 128, rows_per_block 64, m_tile 16 (m <= 16) or 64;
-//                               k_splits so that blocks x splits reach 4 per SM, each split >= 4 k-steps of
-//                               64, at most 16, and the fp32 partials' traffic (8 splits m n bytes) under a
-//                               quarter of the weight's (n k bits / 8)
-//   otherwise                   Dequantize, threads 256
+//   m <= kGemvMaxM (2; 8 without a tensor-core instance)
+//                               Gemv, threads 128, rows_per_block 8, m_tile = m rounded up to 1, 2, 4, 8
+//   m <= kTensorCoreMaxM (64) and tensor_core
+//                               TensorCore, threads 128, rows_per_block 64, m_tile 16 (m <= 16) or 64;
+//                               k_splits = floor(resident / blocks) when the grid is under one wave of
+//                               resident blocks (6 an SM at m_tile 16, 3 at 64), each split >= 4 k-steps of
+//                               64, at most 16, and the fp32 partials' traffic (8 splits m n bytes) under
+//                               half of the weight's (n k bits / 8)
+//   otherwise                   Dequantize, threads 128 (a block per weight row)
 MatmulPlan plan_weight_only(int bits, bool tensor_core, std::int64_t m, std::int64_t n, std::int64_t k, int sm_count);
 
 // y [m, n] = x [m, k] w^T with w [n, k] dense (all row-major, dtype F16 or BF16, fp32 accumulation),
@@ -35,7 +46,10 @@ void permute_columns(const void* x, const std::int32_t* perm, void* out, std::in
 
 // Device memory for one call, ordered on `stream` (cudaMallocAsync, from the device's default pool, so
 // repeated calls reuse it); released with cudaFreeAsync on the same stream when the object goes away. For
-// act-order's permuted x and split-k partials. Allocates on the current device.
+// act-order's permuted x and split-k partials. Allocates on the current device. The first allocation on a
+// device raises the default pool's release threshold to the maximum, so freed scratch stays in the pool
+// across synchronizations instead of going back to the driver (which made each call after a sync map it
+// again); the pool keeps the largest scratch in use at once.
 class StreamScratch {
  public:
   StreamScratch(std::size_t bytes, Stream stream);

@@ -231,9 +231,10 @@ TEST(CudaAffinePlan, EveryPlanIsBuiltAndEveryBuiltKernelIsPlanned) {
     p.group_size = 128;
     for (std::int64_t m = 1; m <= 1100; m += (m < 300 ? 1 : 97)) {
       const MatmulPlan plan = plan_matmul("affine", p, m, 4096, 7392, 132);
-      const Regime want = m <= 8                          ? Regime::Gemv
-                          : (m <= 256 && (bits == 4 || bits == 8)) ? Regime::TensorCore
-                                                                   : Regime::Dequantize;
+      const bool tensor_core = bits == 4 || bits == 8;
+      const Regime want = m <= (tensor_core ? 2 : 8)      ? Regime::Gemv
+                          : (m <= 64 && tensor_core)      ? Regime::TensorCore
+                                                          : Regime::Dequantize;
       ASSERT_EQ(plan.regime, want) << bits << "-bit m=" << m;
       ASSERT_GE(plan.k_splits, 1);
       if (plan.regime == Regime::Gemv) ASSERT_GE(plan.m_tile, m);
@@ -258,13 +259,17 @@ TEST(CudaAffinePlan, SplitsKWhenTooFewBlocksAndBoundsThePartials) {
   p.group_size = 128;
   const MatmulPlan tall = plan_matmul("affine", p, 16, 4096, 14336, 132);
   EXPECT_GT(tall.k_splits, 1) << tall.describe();
-  const MatmulPlan wide = plan_matmul("affine", p, 256, 28672, 8192, 132);
-  EXPECT_EQ(wide.k_splits, 1) << wide.describe();  // 448 x 4 blocks already fill 132 SMs 13 times
-  for (std::int64_t m : {9, 16, 33, 64, 128, 256}) {
+  const MatmulPlan wide = plan_matmul("affine", p, 64, 40960, 8192, 132);
+  EXPECT_EQ(wide.regime, Regime::TensorCore) << wide.describe();
+  EXPECT_EQ(wide.k_splits, 1) << wide.describe();  // 640 blocks already fill 132 SMs 4.8 times
+  for (std::int64_t m : {3, 9, 16, 33, 64}) {
     const MatmulPlan plan = plan_matmul("affine", p, m, 4096, 4096, 132);
-    // partials (written and read) stay under a quarter of the weight's bytes
-    if (plan.k_splits > 1) EXPECT_LE(8.0 * plan.k_splits * m * 4096, 4096.0 * 4096 * 4 / 32) << m;
+    ASSERT_EQ(plan.regime, Regime::TensorCore) << m;
+    // partials (written and read) stay under half of the weight's bytes
+    if (plan.k_splits > 1) EXPECT_LE(8.0 * plan.k_splits * m * 4096, 4096.0 * 4096 * 4 / 16) << m;
   }
+  EXPECT_GT(plan_matmul("affine", p, 64, 8192, 8192, 132).k_splits, 1);  // 128 blocks: split to fill the SMs
+  EXPECT_EQ(plan_matmul("affine", p, 65, 8192, 8192, 132).regime, Regime::Dequantize);
 }
 
 }  // namespace

@@ -167,7 +167,7 @@ TEST(HqqPlan, RegimesFollowMAndEveryPlanIsBuilt) {
     for (const std::int64_t k : {64, 7392, 8192}) {
       for (std::int64_t m = 1; m <= 1100; m += (m < 300 ? 1 : 97)) {
         const MatmulPlan plan = plan_matmul("hqq", params, m, n, k, 132);
-        const Regime want = m <= 8 ? Regime::Gemv : m <= 256 ? Regime::TensorCore : Regime::Dequantize;
+        const Regime want = m <= 2 ? Regime::Gemv : m <= 64 ? Regime::TensorCore : Regime::Dequantize;
         ASSERT_EQ(plan.regime, want) << "m=" << m;
         for (const DType dtype : {DType::F16, DType::BF16}) {
           const int index = hqq_kernel_index(dtype, plan);

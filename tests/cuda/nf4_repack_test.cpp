@@ -197,7 +197,7 @@ TEST(Nf4Plan, RegimesFollowMAndEveryPlanIsBuilt) {
     for (const std::int64_t k : {64, 7392, 8192}) {
       for (std::int64_t m = 1; m <= 1100; m += (m < 300 ? 1 : 97)) {
         const MatmulPlan plan = plan_matmul("nf4", params, m, n, k, 132);
-        const Regime want = m <= 8 ? Regime::Gemv : m <= 256 ? Regime::TensorCore : Regime::Dequantize;
+        const Regime want = m <= 2 ? Regime::Gemv : m <= 64 ? Regime::TensorCore : Regime::Dequantize;
         ASSERT_EQ(plan.regime, want) << "m=" << m;
         ASSERT_GE(plan.k_splits, 1);
         if (plan.regime != Regime::Dequantize) {

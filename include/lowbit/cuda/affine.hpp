@@ -47,7 +47,8 @@ namespace lowbit::cuda {
 // One entry per template instance. The group size is a run-time value (a multiply-high division per
 // pack), so it is not part of the table. `tile`: Gemv kM (the largest m the instance takes: m is rounded
 // up to 1, 2, 4 or 8), TensorCore kBM (rows of x per block: 16 for m <= 16, else 64), Dequantize 0.
-// 2- and 3-bit weights have no tensor-core instance: for m > 8 they take the Dequantize path.
+// Regimes (detail::plan_weight_only): 4/8 bits Gemv m <= 2, TensorCore 3..64, Dequantize above;
+// 2- and 3-bit weights have no tensor-core instance: Gemv m <= 8, Dequantize above.
 struct AffineKernel {
   int bits = 0;
   DType dtype = DType::F16;
@@ -57,24 +58,22 @@ struct AffineKernel {
 };
 
 inline constexpr AffineKernel kAffineBuilt[] = {
-    // GEMV, m <= 8: bits {2, 3, 4, 8} x {f16, bf16} x kM {1, 2, 4, 8}
-    {4, DType::F16, Regime::Gemv, 1},  {4, DType::F16, Regime::Gemv, 2},  {4, DType::F16, Regime::Gemv, 4},
-    {4, DType::F16, Regime::Gemv, 8},  {4, DType::BF16, Regime::Gemv, 1}, {4, DType::BF16, Regime::Gemv, 2},
-    {4, DType::BF16, Regime::Gemv, 4}, {4, DType::BF16, Regime::Gemv, 8}, {8, DType::F16, Regime::Gemv, 1},
-    {8, DType::F16, Regime::Gemv, 2},  {8, DType::F16, Regime::Gemv, 4},  {8, DType::F16, Regime::Gemv, 8},
-    {8, DType::BF16, Regime::Gemv, 1}, {8, DType::BF16, Regime::Gemv, 2}, {8, DType::BF16, Regime::Gemv, 4},
-    {8, DType::BF16, Regime::Gemv, 8}, {3, DType::F16, Regime::Gemv, 1},  {3, DType::F16, Regime::Gemv, 2},
-    {3, DType::F16, Regime::Gemv, 4},  {3, DType::F16, Regime::Gemv, 8},  {3, DType::BF16, Regime::Gemv, 1},
-    {3, DType::BF16, Regime::Gemv, 2}, {3, DType::BF16, Regime::Gemv, 4}, {3, DType::BF16, Regime::Gemv, 8},
-    {2, DType::F16, Regime::Gemv, 1},  {2, DType::F16, Regime::Gemv, 2},  {2, DType::F16, Regime::Gemv, 4},
-    {2, DType::F16, Regime::Gemv, 8},  {2, DType::BF16, Regime::Gemv, 1}, {2, DType::BF16, Regime::Gemv, 2},
-    {2, DType::BF16, Regime::Gemv, 4}, {2, DType::BF16, Regime::Gemv, 8},
-    // tensor cores, 9 <= m <= 256: bits {4, 8} x {f16, bf16} x kBM {16, 64}
+    // GEMV: bits {4, 8} x {f16, bf16} x kM {1, 2} (m <= 2; the tensor-core kernel is faster above);
+    // bits {2, 3} x {f16, bf16} x kM {1, 2, 4, 8} (m <= 8; no tensor-core instance)
+    {4, DType::F16, Regime::Gemv, 1},  {4, DType::F16, Regime::Gemv, 2},  {4, DType::BF16, Regime::Gemv, 1},
+    {4, DType::BF16, Regime::Gemv, 2}, {8, DType::F16, Regime::Gemv, 1},  {8, DType::F16, Regime::Gemv, 2},
+    {8, DType::BF16, Regime::Gemv, 1}, {8, DType::BF16, Regime::Gemv, 2}, {3, DType::F16, Regime::Gemv, 1},
+    {3, DType::F16, Regime::Gemv, 2},  {3, DType::F16, Regime::Gemv, 4},  {3, DType::F16, Regime::Gemv, 8},
+    {3, DType::BF16, Regime::Gemv, 1}, {3, DType::BF16, Regime::Gemv, 2}, {3, DType::BF16, Regime::Gemv, 4},
+    {3, DType::BF16, Regime::Gemv, 8}, {2, DType::F16, Regime::Gemv, 1},  {2, DType::F16, Regime::Gemv, 2},
+    {2, DType::F16, Regime::Gemv, 4},  {2, DType::F16, Regime::Gemv, 8},  {2, DType::BF16, Regime::Gemv, 1},
+    {2, DType::BF16, Regime::Gemv, 2}, {2, DType::BF16, Regime::Gemv, 4}, {2, DType::BF16, Regime::Gemv, 8},
+    // tensor cores, 3 <= m <= 64: bits {4, 8} x {f16, bf16} x kBM {16, 64}
     {4, DType::F16, Regime::TensorCore, 16},  {4, DType::F16, Regime::TensorCore, 64},
     {4, DType::BF16, Regime::TensorCore, 16}, {4, DType::BF16, Regime::TensorCore, 64},
     {8, DType::F16, Regime::TensorCore, 16},  {8, DType::F16, Regime::TensorCore, 64},
     {8, DType::BF16, Regime::TensorCore, 16}, {8, DType::BF16, Regime::TensorCore, 64},
-    // dequantize + cuBLAS, m > 256 (and m > 8 at 2 and 3 bits): bits {2, 3, 4, 8} x {f16, bf16}
+    // dequantize + cuBLAS, m > 64 (and m > 8 at 2 and 3 bits): bits {2, 3, 4, 8} x {f16, bf16}
     {2, DType::F16, Regime::Dequantize, 0}, {2, DType::BF16, Regime::Dequantize, 0},
     {3, DType::F16, Regime::Dequantize, 0}, {3, DType::BF16, Regime::Dequantize, 0},
     {4, DType::F16, Regime::Dequantize, 0}, {4, DType::BF16, Regime::Dequantize, 0},

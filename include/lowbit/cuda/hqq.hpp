@@ -102,10 +102,11 @@ struct HqqKernel {
 // Every kernel compiled in kernels/hqq_matmul.cu. The kernel test runs every entry; a CPU test checks that
 // plan_matmul() only ever picks entries of this table.
 inline constexpr HqqKernel kHqqBuilt[] = {
-    {DType::F16, Regime::Gemv, 1},        {DType::F16, Regime::Gemv, 2},        {DType::F16, Regime::Gemv, 4},
-    {DType::F16, Regime::Gemv, 8},        {DType::BF16, Regime::Gemv, 1},       {DType::BF16, Regime::Gemv, 2},
-    {DType::BF16, Regime::Gemv, 4},       {DType::BF16, Regime::Gemv, 8},       {DType::F16, Regime::TensorCore, 16},
-    {DType::F16, Regime::TensorCore, 64}, {DType::BF16, Regime::TensorCore, 16}, {DType::BF16, Regime::TensorCore, 64},
+    // Gemv m <= 2, TensorCore 3 <= m <= 64, Dequantize m > 64 (detail::plan_weight_only)
+    {DType::F16, Regime::Gemv, 1},        {DType::F16, Regime::Gemv, 2},
+    {DType::BF16, Regime::Gemv, 1},       {DType::BF16, Regime::Gemv, 2},
+    {DType::F16, Regime::TensorCore, 16}, {DType::F16, Regime::TensorCore, 64},
+    {DType::BF16, Regime::TensorCore, 16}, {DType::BF16, Regime::TensorCore, 64},
     {DType::F16, Regime::Dequantize, 0},  {DType::BF16, Regime::Dequantize, 0},
 };
 inline constexpr int kHqqBuiltCount = static_cast<int>(sizeof(kHqqBuilt) / sizeof(kHqqBuilt[0]));

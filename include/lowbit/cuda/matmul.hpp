@@ -13,9 +13,12 @@
 // pre-pass, never gathers W per call.
 //
 // matmul() picks a regime with plan_matmul() (a pure host function, tested on the CPU):
-//   Gemv         m <= 8: each weight byte read once in 16-byte loads; deterministic reduction, no atomics
-//   TensorCore   16 <= m <= 256 (and 8 < m < 16): dequantize tiles to registers, mma
-//   Dequantize   m > 256: dequantize the whole weight to fp16/bf16 once per call, then cuBLAS
+//   Gemv         small m (weight-only formats: m <= 2; 2/3-bit affine and LLM.int8(): m <= 8): each weight
+//                byte read once in 16-byte loads; deterministic reduction, no atomics
+//   TensorCore   weight-only 3 <= m <= 64: W tiles decoded into shared memory, mma.sync; LLM.int8() m > 8:
+//                int8 x int8 -> int32 cuBLASLt GEMM plus the outlier product
+//   Dequantize   weight-only m > 64 (2/3 bits: m > 8): the whole weight dequantized to fp16/bf16, then cuBLAS
+// (the boundaries and why: docs/kernels.md#regimes, measured on an H100)
 // n and k must be multiples of 8 (tensor-parallel shards such as k = 7392 included); anything else is an
 // Error naming the shape. Results are bitwise deterministic run to run for a given plan.
 #pragma once

@@ -180,13 +180,9 @@ struct Nf4Kernel {
 // plan_matmul() only ever picks entries of this table.
 inline constexpr Nf4Kernel kNf4Built[] = {
     {false, DType::F16, Regime::Gemv, 1},        {false, DType::F16, Regime::Gemv, 2},
-    {false, DType::F16, Regime::Gemv, 4},        {false, DType::F16, Regime::Gemv, 8},
     {false, DType::BF16, Regime::Gemv, 1},       {false, DType::BF16, Regime::Gemv, 2},
-    {false, DType::BF16, Regime::Gemv, 4},       {false, DType::BF16, Regime::Gemv, 8},
     {true, DType::F16, Regime::Gemv, 1},         {true, DType::F16, Regime::Gemv, 2},
-    {true, DType::F16, Regime::Gemv, 4},         {true, DType::F16, Regime::Gemv, 8},
     {true, DType::BF16, Regime::Gemv, 1},        {true, DType::BF16, Regime::Gemv, 2},
-    {true, DType::BF16, Regime::Gemv, 4},        {true, DType::BF16, Regime::Gemv, 8},
     {false, DType::F16, Regime::TensorCore, 16}, {false, DType::F16, Regime::TensorCore, 64},
     {false, DType::BF16, Regime::TensorCore, 16}, {false, DType::BF16, Regime::TensorCore, 64},
     {true, DType::F16, Regime::TensorCore, 16},  {true, DType::F16, Regime::TensorCore, 64},
