@@ -233,6 +233,11 @@ struct ClipProblem {
   std::vector<float> x;  // sampled tokens [ts, k]
   std::int64_t ts = 0;
   const float* w = nullptr;
+  // Per column group gi, the Gram matrix of the sampled tokens' slice, G = sum_t x_t x_t^T (len x len, fp64,
+  // row-major), at gram_offset[gi]. mean_t (x_t . d)^2 = d^T G d / ts for any d: the error of a candidate
+  // costs len^2 instead of 2 ts len, and G is shared by every row and shrink step.
+  std::vector<double> gram;
+  std::vector<std::size_t> gram_offset;
 };
 
 ClipProblem clip_problem(const Tensor& weight, const Tensor& inputs, const AwqConfig& config, Tensor& wholder) {
@@ -253,21 +258,54 @@ ClipProblem clip_problem(const Tensor& weight, const Tensor& inputs, const AwqCo
     p.x.insert(p.x.end(), x.data<float>() + r * p.k, x.data<float>() + (r + 1) * p.k);
     ++p.ts;
   }
+  p.gram_offset.resize(static_cast<std::size_t>(p.groups));
+  std::size_t total = 0;
+  for (std::int64_t gi = 0; gi < p.groups; ++gi) {
+    p.gram_offset[static_cast<std::size_t>(gi)] = total;
+    total += static_cast<std::size_t>(p.len(gi) * p.len(gi));
+  }
+  p.gram.assign(total, 0.0);
+  parallel_for(p.groups, 1, [&](std::int64_t g0, std::int64_t g1) {
+    std::vector<double> xd;
+    for (std::int64_t gi = g0; gi < g1; ++gi) {
+      const std::int64_t c0 = gi * p.g, len = p.len(gi);
+      double* gram = p.gram.data() + p.gram_offset[static_cast<std::size_t>(gi)];
+      xd.resize(static_cast<std::size_t>(len));
+      for (std::int64_t tok = 0; tok < p.ts; ++tok) {
+        const float* xr = p.x.data() + tok * p.k + c0;
+        for (std::int64_t j = 0; j < len; ++j) xd[static_cast<std::size_t>(j)] = xr[j];
+        for (std::int64_t i = 0; i < len; ++i) {
+          const double xi = xd[static_cast<std::size_t>(i)];
+          double* row = gram + i * len;
+          for (std::int64_t j = 0; j <= i; ++j) row[j] += xi * xd[static_cast<std::size_t>(j)];
+        }
+      }
+      for (std::int64_t i = 0; i < len; ++i)
+        for (std::int64_t j = i + 1; j < len; ++j) gram[i * len + j] = gram[j * len + i];
+    }
+  });
   return p;
 }
 
-// Mean over sampled tokens of (x . (q - w))^2 for one group (w the original group, q its candidate).
-double group_error(const ClipProblem& p, std::int64_t c0, std::int64_t len, const float* w, const float* q) {
+// Mean over sampled tokens of (x . (q - w))^2 for one group (w the original group, q its candidate), as
+// d^T G d / ts in fp64. The references sum x.q and x.w separately in fp32 and subtract; this is the same
+// quantity without that rounding, so a shrink step that ties with its neighbour to within fp32 error may be
+// chosen differently (never one with a larger error).
+double group_error(const ClipProblem& p, std::int64_t gi, const float* w, const float* q, std::vector<double>& d) {
+  const std::int64_t len = p.len(gi);
+  const double* gram = p.gram.data() + p.gram_offset[static_cast<std::size_t>(gi)];
+  d.resize(static_cast<std::size_t>(len));
+  for (std::int64_t j = 0; j < len; ++j) {
+    d[static_cast<std::size_t>(j)] = static_cast<double>(q[j]) - static_cast<double>(w[j]);
+  }
   double err = 0;
-  for (std::int64_t t = 0; t < p.ts; ++t) {
-    const float* xr = p.x.data() + t * p.k + c0;
-    float y0 = 0.0f, y = 0.0f;  // the references' fp32 sums
-    for (std::int64_t j = 0; j < len; ++j) {
-      y0 += xr[j] * w[j];
-      y += xr[j] * q[j];
-    }
-    const double d = static_cast<double>(y) - static_cast<double>(y0);
-    err += d * d;
+  for (std::int64_t i = 0; i < len; ++i) {
+    const double di = d[static_cast<std::size_t>(i)];
+    if (di == 0.0) continue;
+    const double* row = gram + i * len;
+    double acc = 0;
+    for (std::int64_t j = 0; j < len; ++j) acc += row[j] * d[static_cast<std::size_t>(j)];
+    err += di * acc;
   }
   return err / static_cast<double>(p.ts);
 }
@@ -282,6 +320,7 @@ Tensor awq_search_clip(const Tensor& weight, const Tensor& inputs, const AwqConf
   float* max_val = out.data<float>();
   parallel_for(p.n * p.groups, 1, [&](std::int64_t i0, std::int64_t i1) {
     std::vector<float> q(static_cast<std::size_t>(p.g));
+    std::vector<double> d;
     for (std::int64_t i = i0; i < i1; ++i) {
       const std::int64_t r = i / p.groups, c0 = (i % p.groups) * p.g, len = p.len(i % p.groups);
       const float* w = p.w + r * p.k + c0;
@@ -293,7 +332,7 @@ Tensor awq_search_clip(const Tensor& weight, const Tensor& inputs, const AwqConf
         const float m = m0 * (1.0f - static_cast<float>(s) / static_cast<float>(config.n_grid));
         std::copy(w, w + len, q.begin());
         pseudo_quantize_group(q.data(), len, config.bits, m);
-        const double err = group_error(p, c0, len, w, q.data());
+        const double err = group_error(p, i % p.groups, w, q.data(), d);
         if (err < best) {
           best = err;
           best_m = m;
@@ -311,12 +350,13 @@ double awq_clip_loss(const Tensor& weight, const Tensor& inputs, const AwqConfig
   const Tensor clip = clip_max.defined() ? clip_max.to(DType::F32).contiguous() : Tensor{};
   double total = 0;
   std::vector<float> q(static_cast<std::size_t>(p.g));
+  std::vector<double> d;
   for (std::int64_t i = 0; i < p.n * p.groups; ++i) {
     const std::int64_t r = i / p.groups, c0 = (i % p.groups) * p.g, len = p.len(i % p.groups);
     const float* w = p.w + r * p.k + c0;
     std::copy(w, w + len, q.begin());
     pseudo_quantize_group(q.data(), len, config.bits, clip.defined() ? clip.data<float>()[i] : -1.0f);
-    total += group_error(p, c0, len, w, q.data());
+    total += group_error(p, i % p.groups, w, q.data(), d);
   }
   return total / static_cast<double>(p.n * p.groups);
 }

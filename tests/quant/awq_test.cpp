@@ -227,6 +227,26 @@ TEST(Awq, ClipSearchNeverIncreasesTheLoss) {
         bool on_grid = false;
         for (int i = 0; i < 10; ++i) on_grid = on_grid || m == m0 * (1.0f - static_cast<float>(i) / 20.0f);
         EXPECT_TRUE(on_grid) << r << " " << g << " " << m << " " << m0;
+        // Brute force, independent of the search's Gram form: the output error over all 700 tokens (fewer
+        // than n_sample_token * 2, so every token is sampled) of each grid bound, summed directly in fp64;
+        // the chosen bound's error is the smallest.
+        auto direct_error = [&](float bound) {
+          std::vector<float> q(w.data<float>() + r * k + g * 32, w.data<float>() + r * k + g * 32 + 32);
+          awq_pseudo_quantize(q.data(), 1, 32, bits, -1, std::vector<float>{bound});
+          double err = 0;
+          for (std::int64_t t = 0; t < 700; ++t) {
+            double y = 0;
+            for (std::int64_t j = 0; j < 32; ++j) {
+              y += static_cast<double>(x.data<float>()[t * k + g * 32 + j]) *
+                   (static_cast<double>(q[static_cast<std::size_t>(j)]) - w.data<float>()[r * k + g * 32 + j]);
+            }
+            err += y * y;
+          }
+          return err / 700.0;
+        };
+        double best = std::numeric_limits<double>::infinity();
+        for (int i = 0; i < 10; ++i) best = std::min(best, direct_error(m0 * (1.0f - static_cast<float>(i) / 20.0f)));
+        EXPECT_LE(direct_error(m), best * (1 + 1e-9)) << r << " " << g;
       }
     }
   }
