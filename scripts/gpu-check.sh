@@ -69,13 +69,18 @@ if [ -z "${SKIP_SANITIZER:-}" ]; then
   sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   for tool in memcheck racecheck; do
     start=$(date +%s)
+    # (Leaving cuBLAS's kernels uninstrumented with --kernel-name-exclude makes racecheck itself fail with
+    # "failed to handle a hardware exception" on the H100, 2026-11-23; its reports there are classified below.)
     if "$sanitizer" --tool "$tool" --error-exitcode 3 "$build/bin/lowbit_cuda_tests" --gtest_brief=1 \
          --gtest_filter="$sanitizer_filter" > "$out/sanitizer-$tool.log" 2>&1; then
       echo "$tool: clean ($(( $(date +%s) - start )) s)"
     elif [ "$tool" = racecheck ] && grep -q '^\[  PASSED  \]' "$out/sanitizer-$tool.log" &&
+         ! grep -qE '^\[  FAILED  \]|Sanitizer Error' "$out/sanitizer-$tool.log" &&
          ! grep -E 'Race reported' "$out/sanitizer-$tool.log" | grep -qvE "$cublas_kernels"; then
       # racecheck reports shared-memory hazards inside cuBLAS's own closed kernels (nvjet_sm90_*: the
-      # dequantize regime's GEMM), whose synchronisation it does not model; ours must have none.
+      # dequantize regime's GEMM), which we cannot inspect (their results are checked by our tests, and
+      # race-free code using Hopper's asynchronous barriers is a known source of such reports); ours must
+      # have none.
       echo "racecheck: clean in lowbit's kernels; $(grep -cE 'Race reported' "$out/sanitizer-$tool.log") reports," \
            "all inside cuBLAS kernels ($cublas_kernels) ($(( $(date +%s) - start )) s)"
     else
