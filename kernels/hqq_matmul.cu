@@ -119,19 +119,7 @@ template <HqqKernel E>
 void run_hqq(const HqqLaunch& a, const MatmulPlan& plan, void* w_hat, Stream stream) {
   using D = HqqDecoderOf<E>;
   WeightOnlyArgs<D> args = make_hqq_args<D>(a);
-  if constexpr (E.regime == Regime::Gemv) {
-    launch_gemv<D, E.tile>(args, stream);
-  } else if constexpr (E.regime == Regime::TensorCore) {
-    args.k_splits = plan.k_splits;
-    const std::size_t bytes =
-        plan.k_splits > 1 ? static_cast<std::size_t>(plan.k_splits) * a.m * a.n * sizeof(float) : 0;
-    detail::StreamScratch partials(bytes, stream);
-    args.partials = static_cast<float*>(partials.get());
-    launch_mma<D, E.tile>(args, stream);
-  } else {
-    launch_dequantize<D>(args, static_cast<typename D::T*>(w_hat), stream);
-    detail::gemm_x_wt(a.x, w_hat, a.y, a.m, a.n, a.k, a.dtype, a.device, stream);
-  }
+  run_weight_only<D, E.regime, E.tile>(args, plan, w_hat, a.dtype, a.device, stream);
 }
 
 template <std::size_t... I>

@@ -596,4 +596,25 @@ void launch_dequantize(const WeightOnlyArgs<D>& args, typename D::T* out, Stream
   LOWBIT_CUDA_CHECK(cudaGetLastError());
 }
 
+// One built entry (decoder D, regime R, tile) run on args, for the formats whose every regime lives in one
+// .cu (nf4, hqq): the GEMV; the tensor-core kernel with its split-k partials in stream-ordered scratch; or
+// the dequantize pass into w_hat followed by cuBLAS.
+template <typename D, Regime R, int kTile>
+void run_weight_only(WeightOnlyArgs<D>& args, const MatmulPlan& plan, void* w_hat, DType dtype, int device,
+                     Stream stream) {
+  if constexpr (R == Regime::Gemv) {
+    launch_gemv<D, kTile>(args, stream);
+  } else if constexpr (R == Regime::TensorCore) {
+    args.k_splits = plan.k_splits;
+    const std::size_t bytes =
+        plan.k_splits > 1 ? static_cast<std::size_t>(plan.k_splits) * args.m * args.n * sizeof(float) : 0;
+    detail::StreamScratch partials(bytes, stream);
+    args.partials = static_cast<float*>(partials.get());
+    launch_mma<D, kTile>(args, stream);
+  } else {
+    launch_dequantize<D>(args, static_cast<typename D::T*>(w_hat), stream);
+    detail::gemm_x_wt(args.x, w_hat, args.y, args.m, args.n, args.k, dtype, device, stream);
+  }
+}
+
 }  // namespace lowbit::cuda::kernels

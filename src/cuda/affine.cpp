@@ -296,10 +296,7 @@ void matmul_affine(const PreparedWeight& w, const MatmulPlan& plan, const Tensor
   const bool act_order = perm_it != w.buffers.end();
   const std::int64_t m = x.shape()[0];
   LOWBIT_CHECK(m <= INT32_MAX, ErrorCode::ShapeMismatch, "cuda::matmul(affine): m = {} rows", m);
-  LOWBIT_CHECK(reinterpret_cast<std::uintptr_t>(x.raw_data()) % 16 == 0 &&
-                   reinterpret_cast<std::uintptr_t>(y.raw_data()) % 16 == 0,
-               ErrorCode::InvalidArgument, "cuda::matmul(affine): x and y must be 16-byte aligned (views at an offset "
-               "of {} and {} bytes are not)", x.byte_offset(), y.byte_offset());
+  check_aligned16(w, x, y);
   DeviceGuard guard(w.device);
 
   AffineLaunch a;

@@ -139,10 +139,7 @@ std::string describe_hqq_built() {
 namespace detail {
 
 PreparedWeight prepare_hqq(const quant::QuantizedTensor& q, int device, Stream stream) {
-  PreparedWeight w = repack_hqq(q);
-  for (auto& [name, tensor] : w.buffers) tensor = to_device(tensor, device, stream);
-  w.device = device;
-  return w;
+  return upload(repack_hqq(q), device, stream);
 }
 
 MatmulPlan plan_hqq(const quant::QuantParams& params, std::int64_t m, std::int64_t n, std::int64_t k,
@@ -152,11 +149,7 @@ MatmulPlan plan_hqq(const quant::QuantParams& params, std::int64_t m, std::int64
 }
 
 void matmul_hqq(const PreparedWeight& w, const MatmulPlan& plan, const Tensor& x, Tensor& y, Stream stream) {
-  LOWBIT_CHECK(reinterpret_cast<std::uintptr_t>(x.raw_data()) % 16 == 0 &&
-                   reinterpret_cast<std::uintptr_t>(y.raw_data()) % 16 == 0,
-               ErrorCode::InvalidArgument,
-               "cuda::matmul({}): x and y must be 16-byte aligned (views at an offset of {} and {} bytes are not)",
-               w.method, x.byte_offset(), y.byte_offset());
+  check_aligned16(w, x, y);
   const quant::HqqGrouping gr = quant::hqq_grouping(Shape{w.n, w.k}, w.params.group_size, w.params.axis, "cuda::matmul");
   HqqLaunch a;
   a.dtype = x.dtype();

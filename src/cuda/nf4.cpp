@@ -153,10 +153,7 @@ void* dequantize_scratch(const PreparedWeight& w, DType dtype) {
 }
 
 PreparedWeight prepare_nf4(const quant::QuantizedTensor& q, int device, Stream stream) {
-  PreparedWeight w = repack_nf4(q);
-  for (auto& [name, tensor] : w.buffers) tensor = to_device(tensor, device, stream);
-  w.device = device;
-  return w;
+  return upload(repack_nf4(q), device, stream);
 }
 
 MatmulPlan plan_nf4(const quant::QuantParams& params, std::int64_t m, std::int64_t n, std::int64_t k,
@@ -166,11 +163,7 @@ MatmulPlan plan_nf4(const quant::QuantParams& params, std::int64_t m, std::int64
 }
 
 void matmul_nf4(const PreparedWeight& w, const MatmulPlan& plan, const Tensor& x, Tensor& y, Stream stream) {
-  LOWBIT_CHECK(reinterpret_cast<std::uintptr_t>(x.raw_data()) % 16 == 0 &&
-                   reinterpret_cast<std::uintptr_t>(y.raw_data()) % 16 == 0,
-               ErrorCode::InvalidArgument,
-               "cuda::matmul({}): x and y must be 16-byte aligned (views at an offset of {} and {} bytes are not)",
-               w.method, x.byte_offset(), y.byte_offset());
+  check_aligned16(w, x, y);
   const auto buffer = [&](const char* name) { return w.buffers.at(name).raw_data(); };
   const quant::Nf4Type type = w.method == "fp4" ? quant::Nf4Type::FP4 : quant::Nf4Type::NF4;
   float table[16];

@@ -5,6 +5,20 @@
 
 namespace lowbit::cuda::detail {
 
+PreparedWeight upload(PreparedWeight w, int device, Stream stream) {
+  for (auto& [name, tensor] : w.buffers) tensor = to_device(tensor, device, stream);
+  w.device = device;
+  return w;
+}
+
+void check_aligned16(const PreparedWeight& w, const Tensor& x, const Tensor& y) {
+  LOWBIT_CHECK(reinterpret_cast<std::uintptr_t>(x.raw_data()) % 16 == 0 &&
+                   reinterpret_cast<std::uintptr_t>(y.raw_data()) % 16 == 0,
+               ErrorCode::InvalidArgument,
+               "cuda::matmul({}): x and y must be 16-byte aligned (views at an offset of {} and {} bytes are not)",
+               w.method, x.byte_offset(), y.byte_offset());
+}
+
 MatmulPlan plan_weight_only(int bits, bool tensor_core, std::int64_t m, std::int64_t n, std::int64_t k, int sm_count) {
   MatmulPlan p;
   if (m <= (tensor_core ? kGemvMaxM : 8)) {

@@ -34,6 +34,13 @@ inline constexpr std::int64_t kTensorCoreMaxM = 64;
 //   otherwise                   Dequantize, threads 128 (a block per weight row)
 MatmulPlan plan_weight_only(int bits, bool tensor_core, std::int64_t m, std::int64_t n, std::int64_t k, int sm_count);
 
+// The buffers of a host-side PreparedWeight (what repack_nf4 / repack_hqq return) copied to `device`.
+PreparedWeight upload(PreparedWeight w, int device, Stream stream);
+
+// x and y must start on 16-byte boundaries (the kernels' vector loads and stores): InvalidArgument naming
+// w's method and the views' byte offsets otherwise.
+void check_aligned16(const PreparedWeight& w, const Tensor& x, const Tensor& y);
+
 // y [m, n] = x [m, k] w^T with w [n, k] dense (all row-major, dtype F16 or BF16, fp32 accumulation),
 // through cublasGemmEx on a handle per (device, stream), created once on the current device (which must
 // be `device`). Deterministic run to run (cuBLAS's guarantee for one GPU model and one stream).
