@@ -8,7 +8,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$root/.venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+# No wheel cache: torch and its CUDA wheels would otherwise take their ~4.5 GB twice on disk.
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir)
 "${pip[@]}" -r "$root/tests/interop/requirements.txt"
 if [ "${1:-}" = "--reference" ]; then
   "${pip[@]}" -r "$root/tests/interop/requirements-reference.txt"
