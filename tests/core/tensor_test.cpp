@@ -25,29 +25,13 @@
 #include <fmt/format.h>
 
 #include "lowbit/core/mapped_file.hpp"
+#include "test_util.hpp"
 
 namespace lowbit {
 namespace {
 
-::testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "'" << text << "' does not contain '" << part << "'";
-}
-// Runs `fn`, requires it to throw lowbit::Error with `code`, and returns the message.
-template <typename Fn>
-std::string error_message(Fn&& fn, ErrorCode code) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), code) << "message: " << e.what();
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw a non-lowbit exception: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "no exception; expected " << to_string(code);
-  return {};
-}
+using ::lowbit::test::contains;
+using ::lowbit::test::error_message;
 
 // ---- raw element access, independent of Tensor::get/set ---------------------------------------------------
 

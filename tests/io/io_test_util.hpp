@@ -1,5 +1,5 @@
-// Helpers shared by the tests of lowbit/io: a private temporary folder, crafted safetensors images, file
-// contents, and the error expectation every validation test uses.
+// Helpers shared by the tests of lowbit/io: crafted safetensors images, file contents, tensor comparisons and
+// the checkpoint-format tests' tensor maps; test_util.hpp's temporary folder and error expectation.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -25,39 +25,15 @@
 #include "lowbit/io/atomic_file.hpp"
 #include "lowbit/quant/quantized_tensor.hpp"
 #include "lowbit/quant/registry.hpp"
+#include "test_util.hpp"
 
 namespace lowbit::io::test {
 
-// A fresh folder under the system temp folder, removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "lowbit-io-test-XXXXXX").string();
-    std::vector<char> name(pattern.begin(), pattern.end());
-    name.push_back('\0');
-    if (::mkdtemp(name.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = name.data();
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::filesystem::path& path() const { return path_; }
-  std::filesystem::path operator/(std::string_view name) const { return path_ / name; }
-  // Names of the entries in the folder, sorted.
-  std::vector<std::string> listing() const {
-    std::vector<std::string> names;
-    for (const auto& entry : std::filesystem::directory_iterator(path_)) names.push_back(entry.path().filename());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
- private:
-  std::filesystem::path path_;
-};
+using ::lowbit::test::bytes_of;
+using ::lowbit::test::contains;
+using ::lowbit::test::error_message;
+using ::lowbit::test::floats_of;
+using ::lowbit::test::TempDir;
 
 // Restores "no injected failure" however a test ends.
 struct FailWritesGuard {
@@ -101,20 +77,6 @@ inline std::vector<std::byte> read_bytes(const std::filesystem::path& path) {
   return out;
 }
 
-// Runs `body`, requires it to throw lowbit::Error with `code`, and returns the message ("" when it did not
-// throw, after recording the failure).
-template <typename Body>
-std::string error_message(ErrorCode code, Body&& body) {
-  try {
-    body();
-  } catch (const Error& e) {
-    EXPECT_EQ(to_string(e.code()), to_string(code)) << "message: " << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected lowbit::Error{" << to_string(code) << "}, nothing was thrown";
-  return {};
-}
-
 // Same dtype, shape and bytes (any strides).
 inline bool same_bytes(const Tensor& a, const Tensor& b) {
   if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
@@ -136,11 +98,6 @@ inline bool same_quantized(const quant::QuantizedTensor& a, const quant::Quantiz
 // ---- shared by the checkpoint-format tests ------------------------------------------------------------------
 
 using TensorMap = std::map<std::string, Tensor>;
-
-inline ::testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "'" << text << "' does not contain '" << part << "'";
-}
 
 // The 32-bit words of an int32/uint32 tensor.
 inline std::vector<std::uint32_t> words_of(const Tensor& t) {

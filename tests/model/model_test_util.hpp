@@ -1,5 +1,5 @@
-// Helpers of the model tests: a private temporary folder, tiny random Llama folders written to it, a naive
-// fp64 forward over the same tensors (the ground truth of the fp32 forward), and error expectations.
+// Helpers of the model tests: tiny random Llama folders, a naive fp64 forward over the same tensors (the
+// ground truth of the fp32 forward); test_util.hpp's temporary folder and error expectation.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -20,6 +20,7 @@
 #include "lowbit/core/error.hpp"
 #include "lowbit/core/tensor.hpp"
 #include "lowbit/io/safetensors.hpp"
+#include "test_util.hpp"
 
 namespace lowbit::model::test {
 
@@ -35,39 +36,8 @@ inline const std::filesystem::path kStories15M = kSharedData / "stories15M";
     }                                                                                         \
   } while (false)
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "lowbit-model-test-XXXXXX").string();
-    std::vector<char> name(pattern.begin(), pattern.end());
-    name.push_back('\0');
-    if (::mkdtemp(name.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = name.data();
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
-
-// Runs fn, expects a lowbit::Error of `code`, returns its message ("" and a failure otherwise).
-template <typename Fn>
-std::string error_message(Fn&& fn, ErrorCode code) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(to_string(e.code()), to_string(code)) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "no lowbit::Error thrown (expected " << to_string(code) << ")";
-  return {};
-}
+using ::lowbit::test::error_message;
+using ::lowbit::test::TempDir;
 
 inline void write_text(const std::filesystem::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);

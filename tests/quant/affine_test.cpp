@@ -27,31 +27,15 @@
 #include "lowbit/io/quantized.hpp"
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/quant/common.hpp"
+#include "test_util.hpp"
 
 namespace lowbit::quant {
 namespace {
 
-template <typename Fn>
-std::string error_message(Fn&& fn, ErrorCode code) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(to_string(e.code()), to_string(code)) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected lowbit::Error{" << to_string(code) << "}, nothing was thrown";
-  return {};
-}
+using ::lowbit::test::contains;
+using ::lowbit::test::error_message;
+using ::lowbit::test::floats_of;
 
-::testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "'" << text << "' does not contain '" << part << "'";
-}
-
-std::vector<float> floats_of(const Tensor& t) {
-  const Tensor c = t.to(DType::F32);
-  return {c.data<float>(), c.data<float>() + c.numel()};
-}
 std::vector<int> ints_of(const Tensor& t) {
   std::vector<int> v;
   const Tensor c = t.contiguous();

@@ -26,38 +26,18 @@
 #include "lowbit/io/quantized.hpp"
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/quant/common.hpp"
+#include "test_util.hpp"
 
 namespace lowbit::quant {
 namespace {
 
+using ::lowbit::test::bytes_of;
+using ::lowbit::test::contains;
+using ::lowbit::test::error_message;
+using ::lowbit::test::floats_of;
+
 const std::filesystem::path kDataDir = std::filesystem::path(LOWBIT_TEST_DATA_DIR) / "bnb8";
 
-template <typename Fn>
-std::string error_message(Fn&& fn, ErrorCode code) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(to_string(e.code()), to_string(code)) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected lowbit::Error{" << to_string(code) << "}, nothing was thrown";
-  return {};
-}
-
-::testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "'" << text << "' does not contain '" << part << "'";
-}
-
-std::vector<float> floats_of(const Tensor& t) {
-  const Tensor c = t.to(DType::F32);
-  return {c.data<float>(), c.data<float>() + c.numel()};
-}
-std::vector<std::uint8_t> bytes_of(const Tensor& t) {
-  const Tensor c = t.contiguous();
-  const auto* p = static_cast<const std::uint8_t*>(c.raw_data());
-  return {p, p + c.nbytes()};
-}
 std::vector<std::uint32_t> float_bits_of(const Tensor& t) {
   std::vector<std::uint32_t> v;
   for (const float f : floats_of(t)) v.push_back(float_bits(f));

@@ -29,25 +29,16 @@
 #include "lowbit/quant/affine.hpp"
 #include "lowbit/quant/calibration.hpp"
 #include "lowbit/quant/registry.hpp"
+#include "test_util.hpp"
 
 namespace lowbit::quant {
 namespace {
 
+using ::lowbit::test::contains;
+using ::lowbit::test::error_message;
+using ::lowbit::test::floats_of;
+
 const std::filesystem::path kDataDir = std::filesystem::path(LOWBIT_TEST_DATA_DIR) / "gptq";
-
-template <typename Body>
-std::string error_message(ErrorCode code, Body&& body) {
-  try {
-    body();
-  } catch (const Error& e) {
-    EXPECT_EQ(to_string(e.code()), to_string(code)) << "message: " << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected lowbit::Error{" << to_string(code) << "}, nothing was thrown";
-  return {};
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 Tensor random_weight(std::int64_t n, std::int64_t k, std::uint64_t seed, float sigma = 1.0f) {
   Tensor t = Tensor::empty({n, k}, DType::F32);
@@ -109,11 +100,6 @@ std::vector<int> codes_of(const QuantizedTensor& q) {
   const Tensor c = q.component("codes").contiguous();
   const std::uint8_t* p = c.data<std::uint8_t>();
   return std::vector<int>(p, p + c.numel());
-}
-
-std::vector<float> floats_of(const Tensor& t) {
-  const Tensor f = t.to(DType::F32);
-  return std::vector<float>(f.data<float>(), f.data<float>() + f.numel());
 }
 
 double fraction_equal(const std::vector<int>& a, const std::vector<int>& b) {

@@ -22,23 +22,14 @@
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/quant/common.hpp"
 #include "lowbit/quant/hqq.hpp"
+#include "test_util.hpp"
 
 namespace lowbit::quant {
 namespace {
 
-const std::filesystem::path kHqqDataDir = std::filesystem::path(LOWBIT_TEST_DATA_DIR) / "hqq";
+using ::lowbit::test::error_message;
 
-template <typename Body>
-std::string error_message(ErrorCode code, Body&& body) {
-  try {
-    body();
-  } catch (const Error& e) {
-    EXPECT_EQ(to_string(e.code()), to_string(code)) << "message: " << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected lowbit::Error{" << to_string(code) << "}, nothing was thrown";
-  return {};
-}
+const std::filesystem::path kHqqDataDir = std::filesystem::path(LOWBIT_TEST_DATA_DIR) / "hqq";
 
 Tensor random_matrix(std::int64_t n, std::int64_t k, std::uint64_t seed, float sigma = 0.02f,
                      float outlier_rate = 0.0f) {

@@ -21,9 +21,12 @@
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/quant/common.hpp"
 #include "lowbit/quant/registry.hpp"
+#include "test_util.hpp"
 
 namespace lowbit::quant {
 namespace {
+
+using ::lowbit::test::floats_of;
 
 using io::test::error_message;
 using io::test::TempDir;
@@ -39,11 +42,6 @@ std::vector<std::byte> bytes_of(const Tensor& t) {
   std::vector<std::byte> out(c.nbytes());
   if (!out.empty()) std::memcpy(out.data(), c.raw_data(), out.size());
   return out;
-}
-
-std::vector<float> floats_of(const Tensor& t) {
-  const Tensor f = t.to(DType::F32);
-  return {f.data<float>(), f.data<float>() + f.numel()};
 }
 
 template <typename T>

@@ -24,39 +24,17 @@
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/quant/common.hpp"
 #include "lowbit/quant/registry.hpp"
+#include "test_util.hpp"
 
 namespace lowbit::quant {
 namespace {
 
+using ::lowbit::test::bytes_of;
+using ::lowbit::test::contains;
+using ::lowbit::test::error_message;
+using ::lowbit::test::floats_of;
+
 const std::filesystem::path kDataDir = std::filesystem::path(LOWBIT_TEST_DATA_DIR) / "nf4";
-
-template <typename Fn>
-std::string error_message(Fn&& fn, ErrorCode code) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(to_string(e.code()), to_string(code)) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected lowbit::Error{" << to_string(code) << "}, nothing was thrown";
-  return {};
-}
-
-::testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "'" << text << "' does not contain '" << part << "'";
-}
-
-std::vector<std::uint8_t> bytes_of(const Tensor& t) {
-  const Tensor c = t.contiguous();
-  const auto* p = static_cast<const std::uint8_t*>(c.raw_data());
-  return {p, p + c.nbytes()};
-}
-
-std::vector<float> floats_of(const Tensor& t) {
-  const Tensor c = t.to(DType::F32);
-  return {c.data<float>(), c.data<float>() + c.numel()};
-}
 
 Tensor f32_tensor(std::vector<float> v) {
   return Tensor::from_values(std::span<const float>(v), {static_cast<std::int64_t>(v.size())});
@@ -384,7 +362,6 @@ TEST(Nf4Golden, MatchesBitsandbytesCudaByteForByte) {
   const Nf4NestedAbsmax nested = quantize_nf4_absmax(ties, 0.0f, std::span<const float, 256>(map.data(), 256), 256);
   EXPECT_EQ(nested.codes, bytes_of(g->vectors.tensor("nested_ties.codes")));
 }
-
 
 // bitsandbytes' CPU backend (its PyTorch reference kernels: bucketize against the midpoints of the sorted
 // table, absmax clamped to 1e-38 for the division; the nested 8-bit step through a C++ 65536-bin lookup
