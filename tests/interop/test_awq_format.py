@@ -22,10 +22,10 @@ exits 77 (skipped) naming what is missing. GPTQModel is optional (part 1's trans
 import json
 import os
 import shutil
-import subprocess
 import sys
 import warnings
 
+from hf_util import bits_equal, compare_logits, make_tiny_llama, run, tensors
 from interop_util import SKIP, parse_args, require
 
 args = parse_args()
@@ -48,50 +48,8 @@ SETTINGS = {
 }
 
 
-def run(cmd):
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        print(f"FAIL: {' '.join(cmd)}\n{r.stdout}{r.stderr}")
-        sys.exit(1)
-    return r.stdout
 
 
-def make_source(folder):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    torch.manual_seed(4)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=128, intermediate_size=192, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      attention_bias=True, mlp_bias=True)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("proj.weight"):
-                p.normal_(0.0, 0.05)
-                p[:2] = p[:2].abs()  # all-positive rows: zero points of 0
-            elif name.endswith("proj.bias"):
-                p.normal_(0.0, 0.02)
-    model.to(torch.float16).save_pretrained(folder)
-    vocab = {f"t{i}": i for i in range(1, 96)}
-    vocab["<unk>"] = 0
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<unk>", bos_token="t1",
-                            eos_token="t2").save_pretrained(folder)
-
-
-def tensors(folder):
-    """{name: tensor} of every .safetensors file of a folder (one file or shards)."""
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".safetensors"):
-            out.update(safetensors_torch.load_file(os.path.join(folder, name)))
-    return out
-
-
-def bits_equal(a, b):
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.int16), b.view(torch.int16))
 
 
 def modules_of(packed):
@@ -142,17 +100,6 @@ def compare(packed, want, version, group_size, label):
     return failures
 
 
-def strip_quantization(folder):
-    path = os.path.join(folder, "config.json")
-    with open(path) as f:
-        config = json.load(f)
-    config.pop("quantization_config", None)
-    with open(path, "w") as f:
-        json.dump(config, f, indent=2)
-    for side in ("quant_config.json",):
-        if os.path.exists(os.path.join(folder, side)):
-            os.remove(os.path.join(folder, side))
-
 
 def compare_transformers(folder, dense_folder, label):
     try:
@@ -160,26 +107,8 @@ def compare_transformers(folder, dense_folder, label):
     except Exception as e:
         print(f"skipped: {label}: transformers loads AWQ through GPTQModel, which is not installed ({e})")
         return 0
-    from transformers import AutoModelForCausalLM
-
-    strip_quantization(dense_folder)
-    q = AutoModelForCausalLM.from_pretrained(folder, device_map="cpu", dtype=torch.float16).eval()
-    d = AutoModelForCausalLM.from_pretrained(dense_folder, device_map="cpu", dtype=torch.float32).eval()
-    kinds = sorted({type(m).__name__ for m in q.modules() if "awq" in type(m).__name__.lower()})
-    if not kinds:
-        print(f"FAIL: {label}: transformers loaded no AWQ linear")
-        return 1
-    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        got = q(ids).logits.float()
-        want = d(ids).logits.float()
-    err = ((got - want).abs().max() / want.abs().max()).item()
-    if not err < 2e-2:
-        print(f"FAIL: {label}: transformers' logits differ from lowbit's dense model by {err:.3g} (relative)")
-        return 1
-    print(f"ok: {label}: transformers {transformers.__version__} loads it ({', '.join(kinds)}); logits within "
-          f"{err:.2g} of lowbit's dequantized model")
-    return 0
+    return compare_logits(folder, dense_folder, label, lambda m: "awq" in type(m).__name__.lower(), "AWQ",
+                          ["quant_config.json"])
 
 
 def main():
@@ -187,7 +116,7 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     source = os.path.join(work, "source")
-    make_source(source)
+    make_tiny_llama(source, seed=3)
     failures = 0
     for label, (fmt, flags) in SETTINGS.items():
         out = os.path.join(work, label)

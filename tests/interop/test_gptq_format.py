@@ -18,9 +18,9 @@ exits 77 (skipped) naming what is missing.
 """
 import os
 import shutil
-import subprocess
 import sys
 
+from hf_util import bits_equal, compare_logits, make_tiny_llama, run, tensors
 from interop_util import SKIP, parse_args, require
 
 args = parse_args()
@@ -45,50 +45,8 @@ SETTINGS = {
 TRANSFORMERS_CHECK = ("b4_g32_sym", "b3_g32_asym")
 
 
-def run(cmd):
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        print(f"FAIL: {' '.join(cmd)}\n{r.stdout}{r.stderr}")
-        sys.exit(1)
-    return r.stdout
 
 
-def make_source(folder):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    torch.manual_seed(3)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=128, intermediate_size=192, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      attention_bias=True, mlp_bias=True)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("proj.weight"):
-                p.normal_(0.0, 0.05)
-                p[:2] = p[:2].abs()  # all-positive rows: asymmetric zero points of 0
-            elif name.endswith("proj.bias"):
-                p.normal_(0.0, 0.02)
-    model.to(torch.float16).save_pretrained(folder)
-    vocab = {f"t{i}": i for i in range(1, 96)}
-    vocab["<unk>"] = 0
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<unk>", bos_token="t1",
-                            eos_token="t2").save_pretrained(folder)
-
-
-def dense(folder):
-    """{name: tensor} of a dense checkpoint folder (one file or shards)."""
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".safetensors"):
-            out.update(safetensors_torch.load_file(os.path.join(folder, name)))
-    return out
-
-
-def bits_equal(a, b):
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.int16), b.view(torch.int16))
 
 
 def compare_gptqmodel(folder, want, label):
@@ -118,42 +76,11 @@ def compare_gptqmodel(folder, want, label):
     return failures
 
 
-def strip_quantization(folder):
-    """`lowbit dequantize` copies the side files as they are; the dense copy must not claim to be GPTQ."""
-    import json
-
-    path = os.path.join(folder, "config.json")
-    with open(path) as f:
-        config = json.load(f)
-    config.pop("quantization_config", None)
-    with open(path, "w") as f:
-        json.dump(config, f, indent=2)
-    if os.path.exists(os.path.join(folder, "quantize_config.json")):
-        os.remove(os.path.join(folder, "quantize_config.json"))
-
 
 def compare_transformers(folder, dense_folder, label):
     """transformers loads the GPTQ folder; its logits match the dense model lowbit dequantized."""
-    from transformers import AutoModelForCausalLM
-
-    strip_quantization(dense_folder)
-    q = AutoModelForCausalLM.from_pretrained(folder, device_map="cpu", dtype=torch.float16).eval()
-    d = AutoModelForCausalLM.from_pretrained(dense_folder, device_map="cpu", dtype=torch.float32).eval()
-    kinds = {type(m).__name__ for m in q.modules() if isinstance(m, BaseQuantLinear)}
-    if not kinds:
-        print(f"FAIL: {label}: transformers loaded no GPTQ linear")
-        return 1
-    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        got = q(ids).logits.float()
-        want = d(ids).logits.float()
-    err = ((got - want).abs().max() / want.abs().max()).item()
-    if not err < 2e-2:
-        print(f"FAIL: {label}: transformers' logits differ from lowbit's dense model by {err:.3g} (relative)")
-        return 1
-    print(f"ok: {label}: transformers {transformers.__version__} loads it ({', '.join(sorted(kinds))}); "
-          f"logits within {err:.2g} of lowbit's dequantized model")
-    return 0
+    return compare_logits(folder, dense_folder, label, lambda m: isinstance(m, BaseQuantLinear), "GPTQ",
+                          ["quantize_config.json"])
 
 
 def main():
@@ -161,14 +88,14 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     source = os.path.join(work, "source")
-    make_source(source)
+    make_tiny_llama(source, seed=4)
     failures = 0
     for label, flags in SETTINGS.items():
         out = os.path.join(work, label)
         deq = out + "_dense"
         run([args.lowbit, "quantize", "--method", "rtn", "--format", "gptq", *flags, source, out])
         run([args.lowbit, "dequantize", "--dtype", "f16", out, deq])
-        failures += compare_gptqmodel(out, dense(deq), f"lowbit {label}")
+        failures += compare_gptqmodel(out, tensors(deq), f"lowbit {label}")
         if label in TRANSFORMERS_CHECK:
             failures += compare_transformers(out, deq, f"lowbit {label}")
     for case in sorted(os.listdir(DATA)):
@@ -184,7 +111,7 @@ def main():
             shutil.copyfile(os.path.join(source, name), os.path.join(copy, name))
         deq = copy + "_dense"
         run([args.lowbit, "dequantize", "--dtype", "f16", copy, deq])
-        failures += compare_gptqmodel(copy, dense(deq), f"GPTQModel's {case}")
+        failures += compare_gptqmodel(copy, tensors(deq), f"GPTQModel's {case}")
     print(f"{'FAILED' if failures else 'passed'}: {failures} failure(s)")
     return 1 if failures else 0
 

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from interop_util import SKIP, parse_args, require
+from interop_util import parse_args, require
 
 args = parse_args()
 np, safetensors_numpy, safetensors = require("numpy", "safetensors.numpy", "safetensors")
