@@ -47,7 +47,9 @@ class CheckpointWriter {
 
   // Adds a tensor; a full shard is written out before the tensor that would overflow it.
   void add(const std::string& name, const Tensor& tensor);
-  void add_metadata(const std::string& key, const std::string& value);  // goes into every shard
+  // Goes into the shard being filled and every later one: set it before the first add() for every shard to
+  // carry it (readers of our layout take the union over the shards).
+  void add_metadata(const std::string& key, const std::string& value);
   // A file copied (or text written) into the folder: config.json, tokenizer files.
   void add_file(const std::filesystem::path& source, const std::string& name);
   void add_text_file(const std::string& name, const std::string& text);
