@@ -22,57 +22,11 @@ namespace {
 
 using test::random_affine;
 
-double tolerance(DType dt) { return dt == DType::F16 ? 4e-3 : 2.5e-2; }
-
-// y [m, n] in double from the reference W_hat and x as the kernel sees it (rounded to dt).
-std::vector<double> reference(const quant::QuantizedTensor& q, const Tensor& x_rounded) {
-  const Tensor w = quant::dequantize_affine_reference(q);
-  const std::int64_t n = w.shape()[0], k = w.shape()[1], m = x_rounded.shape()[0];
-  const float* wp = w.data<float>();
-  const float* xp = x_rounded.data<float>();
-  std::vector<double> y(static_cast<std::size_t>(m * n));
-  for (std::int64_t i = 0; i < m; ++i) {
-    for (std::int64_t r = 0; r < n; ++r) {
-      double s = 0;
-      for (std::int64_t c = 0; c < k; ++c) s += static_cast<double>(xp[i * k + c]) * wp[r * k + c];
-      y[static_cast<std::size_t>(i * n + r)] = s;
-    }
-  }
-  return y;
-}
-
-// Runs matmul twice on a NaN-poisoned y; checks determinism, every element written, and the error.
+// Runs matmul twice on a NaN-poisoned y; checks determinism, every element written, and the error against
+// dequantize_affine_reference().
 void check(const quant::QuantizedTensor& q, const PreparedWeight& w, std::int64_t m, DType dt, std::uint64_t seed) {
-  const std::int64_t n = q.shape[0], k = q.shape[1];
-  SCOPED_TRACE(::testing::Message() << q.describe() << " m=" << m << " " << dtype_name(dt) << " plan at 132 SMs: "
-                                    << plan_matmul("affine", q.params, m, n, k, 132).describe());
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  Tensor x = Tensor::empty({m, k}, DType::F32);
-  for (std::int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = dist(rng);
-  const Tensor x_dt = x.to(dt);
-  const Tensor x_rounded = x_dt.to(DType::F32);
-  const Tensor xd = to_device(x_dt, w.device);
-
-  Tensor outs[2];
-  for (Tensor& out : outs) {
-    Tensor y = filled({m, n}, dt, std::nan(""), w.device);
-    matmul(w, xd, y);
-    out = to_host(y);
-  }
-  ASSERT_EQ(std::memcmp(outs[0].raw_data(), outs[1].raw_data(), outs[0].nbytes()), 0) << "not deterministic";
-  const Tensor got = outs[0].to(DType::F32);
-  const std::vector<double> want = reference(q, x_rounded);
-  double err = 0, norm = 0;
-  for (std::int64_t i = 0; i < m * n; ++i) {
-    const double g = got.data<float>()[i];
-    ASSERT_FALSE(std::isnan(g)) << "element " << i / n << ", " << i % n << " not written";
-    const double d = g - want[static_cast<std::size_t>(i)];
-    err += d * d;
-    norm += want[static_cast<std::size_t>(i)] * want[static_cast<std::size_t>(i)];
-  }
-  const double rel = std::sqrt(err / norm);
-  EXPECT_LE(rel, tolerance(dt));
+  SCOPED_TRACE(q.describe());
+  test::check_weight_only_matmul(w, quant::dequantize_affine_reference(q), m, dt, seed);
 }
 
 void check(const quant::QuantizedTensor& q, std::int64_t m, DType dt, std::uint64_t seed) {

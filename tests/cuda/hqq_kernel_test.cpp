@@ -3,8 +3,8 @@
 // two groups, padded columns), k = 7392, split-k, one real shape, the batch list 1 .. 1024.
 //
 // Error measure, tolerances (4e-3 fp16, 2.5e-2 bf16: the kernel forms fl(code * fl(scale) + fl(-zero *
-// scale)) in the activation type) and the determinism check: check_weight_only_matmul, defined in
-// nf4_kernel_test.cpp. Skipped without a CUDA device.
+// scale)) in the activation type) and the determinism check: check_weight_only_matmul (cuda_test_util.hpp).
+// Skipped without a CUDA device.
 #include <cstdint>
 
 #include "cuda/cuda_test_util.hpp"
@@ -12,11 +12,6 @@
 #include "lowbit/cuda/hqq.hpp"
 #include "lowbit/cuda/matmul.hpp"
 #include "lowbit/quant/hqq.hpp"
-
-namespace lowbit::cuda::test {
-void check_weight_only_matmul(const PreparedWeight& w, const Tensor& w_ref, std::int64_t m, DType dt,
-                              std::uint64_t seed);
-}  // namespace lowbit::cuda::test
 
 namespace lowbit::cuda {
 namespace {
