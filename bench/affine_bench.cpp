@@ -7,33 +7,16 @@
 //     LOWBIT_NUM_THREADS=2 build/bin/lowbit_bench --benchmark_filter=Affine
 #include <benchmark/benchmark.h>
 
-#include <map>
-#include <random>
-#include <utility>
-
 #include "lowbit/core/tensor.hpp"
 #include "lowbit/quant/affine.hpp"
+#include "bench_util.hpp"
 
 namespace {
 
 using lowbit::DType;
 using lowbit::Tensor;
+using lowbit::bench::weight;
 using namespace lowbit::quant;
-
-// N(0, 0.02) weights in fp16, made once per shape (45M normals take a while).
-const Tensor& weight(std::int64_t n, std::int64_t k) {
-  static std::map<std::pair<std::int64_t, std::int64_t>, Tensor> cache;
-  auto it = cache.find({n, k});
-  if (it == cache.end()) {
-    Tensor t = Tensor::empty({n, k}, DType::F32);
-    std::mt19937 rng(7);
-    std::normal_distribution<float> dist(0.0f, 0.02f);
-    float* p = t.data<float>();
-    for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng);
-    it = cache.emplace(std::make_pair(n, k), t.to(DType::F16)).first;
-  }
-  return it->second;
-}
 
 AffineConfig rtn4_g128() { return affine_rtn_config(); }
 
@@ -59,20 +42,17 @@ void BM_AffineDequantizeF16(benchmark::State& state, AffineConfig (*make)(), std
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(w.nbytes()));
 }
 
-#define LOWBIT_AFFINE_BENCH(fn, name, make, n, k) \
+#define LOWBIT_AFFINE_CASE(fn, name, make, n, k) \
   BENCHMARK_CAPTURE(fn, name, make, n, k)->Unit(benchmark::kMillisecond)->UseRealTime()
+// Both configs on both shapes, config-major (the order the output lists them in).
+#define LOWBIT_AFFINE_BENCH(fn)                                                  \
+  LOWBIT_AFFINE_CASE(fn, rtn4_g128_4096x4096, rtn4_g128, 4096, 4096);            \
+  LOWBIT_AFFINE_CASE(fn, rtn4_g128_11008x4096, rtn4_g128, 11008, 4096);          \
+  LOWBIT_AFFINE_CASE(fn, int8_row_4096x4096, affine_int8_config, 4096, 4096);    \
+  LOWBIT_AFFINE_CASE(fn, int8_row_11008x4096, affine_int8_config, 11008, 4096)
 
-LOWBIT_AFFINE_BENCH(BM_AffineQuantize, rtn4_g128_4096x4096, rtn4_g128, 4096, 4096);
-LOWBIT_AFFINE_BENCH(BM_AffineQuantize, rtn4_g128_11008x4096, rtn4_g128, 11008, 4096);
-LOWBIT_AFFINE_BENCH(BM_AffineQuantize, int8_row_4096x4096, affine_int8_config, 4096, 4096);
-LOWBIT_AFFINE_BENCH(BM_AffineQuantize, int8_row_11008x4096, affine_int8_config, 11008, 4096);
-LOWBIT_AFFINE_BENCH(BM_AffineDequantize, rtn4_g128_4096x4096, rtn4_g128, 4096, 4096);
-LOWBIT_AFFINE_BENCH(BM_AffineDequantize, rtn4_g128_11008x4096, rtn4_g128, 11008, 4096);
-LOWBIT_AFFINE_BENCH(BM_AffineDequantize, int8_row_4096x4096, affine_int8_config, 4096, 4096);
-LOWBIT_AFFINE_BENCH(BM_AffineDequantize, int8_row_11008x4096, affine_int8_config, 11008, 4096);
-LOWBIT_AFFINE_BENCH(BM_AffineDequantizeF16, rtn4_g128_4096x4096, rtn4_g128, 4096, 4096);
-LOWBIT_AFFINE_BENCH(BM_AffineDequantizeF16, rtn4_g128_11008x4096, rtn4_g128, 11008, 4096);
-LOWBIT_AFFINE_BENCH(BM_AffineDequantizeF16, int8_row_4096x4096, affine_int8_config, 4096, 4096);
-LOWBIT_AFFINE_BENCH(BM_AffineDequantizeF16, int8_row_11008x4096, affine_int8_config, 11008, 4096);
+LOWBIT_AFFINE_BENCH(BM_AffineQuantize);
+LOWBIT_AFFINE_BENCH(BM_AffineDequantize);
+LOWBIT_AFFINE_BENCH(BM_AffineDequantizeF16);
 
 }  // namespace

@@ -258,6 +258,18 @@ Block* synthetic_block() {
   return block.get();
 }
 
+// The cases of both benchmarks: block 0 (stories15M) and 1 (synthetic), one iteration each; repetitions:
+// --benchmark_repetitions=3 (each repetition re-runs the whole search).
+void block_cases(benchmark::internal::Benchmark* b) {
+  b->ArgName("block")
+      ->Arg(0)
+      ->Arg(1)
+      ->Unit(benchmark::kMillisecond)
+      ->MeasureProcessCPUTime()
+      ->UseRealTime()
+      ->Iterations(1);
+}
+
 void BM_AwqLayer(benchmark::State& state) {
   Block* b = state.range(0) == 0 ? stories_block() : synthetic_block();
   if (b == nullptr) return state.SkipWithError("no stories15M or tinystories-calib.txt in ../shared/data");
@@ -304,14 +316,7 @@ void BM_AwqLayer(benchmark::State& state) {
         trace.alpha[2], trace.alpha[3], trace.loss[0], trace.loss[1], trace.loss[2], trace.loss[3]);
   }
 }
-BENCHMARK(BM_AwqLayer)
-    ->ArgName("block")
-    ->Arg(0)
-    ->Arg(1)
-    ->Unit(benchmark::kMillisecond)
-    ->MeasureProcessCPUTime()
-    ->UseRealTime()
-    ->Iterations(1);  // repetitions: --benchmark_repetitions=3 (each repetition re-runs the whole search)
+BENCHMARK(BM_AwqLayer)->Apply(block_cases);
 
 // The clip search alone (step 4 of quantize_awq_layer: v, o, gate, up, down on the full-precision layer's
 // weights and inputs, unscaled; the cost is the same as on scaled ones): the part of BM_AwqLayer that does not
@@ -350,13 +355,6 @@ void BM_AwqClipSearch(benchmark::State& state) {
   }
   state.SetLabel(fmt::format("{} v, o, gate, up, down", b->name));
 }
-BENCHMARK(BM_AwqClipSearch)
-    ->ArgName("block")
-    ->Arg(0)
-    ->Arg(1)
-    ->Unit(benchmark::kMillisecond)
-    ->MeasureProcessCPUTime()
-    ->UseRealTime()
-    ->Iterations(1);
+BENCHMARK(BM_AwqClipSearch)->Apply(block_cases);
 
 }  // namespace

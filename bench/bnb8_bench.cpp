@@ -7,32 +7,16 @@
 //     python3 bench/bnb8_reference.py
 #include <benchmark/benchmark.h>
 
-#include <map>
-#include <random>
-#include <utility>
-
 #include "lowbit/core/tensor.hpp"
 #include "lowbit/quant/bnb8.hpp"
+#include "bench_util.hpp"
 
 namespace {
 
 using lowbit::DType;
 using lowbit::Tensor;
+using lowbit::bench::weight;
 using namespace lowbit::quant;
-
-const Tensor& weight(std::int64_t n, std::int64_t k) {
-  static std::map<std::pair<std::int64_t, std::int64_t>, Tensor> cache;
-  auto it = cache.find({n, k});
-  if (it == cache.end()) {
-    Tensor t = Tensor::empty({n, k}, DType::F32);
-    std::mt19937 rng(7);
-    std::normal_distribution<float> dist(0.0f, 0.02f);
-    float* p = t.data<float>();
-    for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng);
-    it = cache.emplace(std::make_pair(n, k), t.to(DType::F16)).first;
-  }
-  return it->second;
-}
 
 void BM_Bnb8Quantize(benchmark::State& state, std::int64_t n, std::int64_t k, bool nested) {
   const Tensor& w = weight(n, k);

@@ -10,36 +10,20 @@ of fp16 weight per second, the unit lowbit_bench reports.
     pip install bitsandbytes torch
     python3 bench/bnb8_reference.py [--repeat 5]
 """
-import argparse
-import time
-
 import torch
 
 import bitsandbytes
 import bitsandbytes.functional as F
 
-
-def best_seconds(fn, repeat):
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from reference_common import best_seconds, fp16_weights, parse_args
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args()
     torch.manual_seed(7)
     print(f"bitsandbytes {bitsandbytes.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"best of {args.repeat}")
-    for n, k in [(4096, 4096), (11008, 4096)]:
-        a = (torch.randn(n, k) * 0.02).to(torch.float16)
+    for n, k, a in fp16_weights():
         gb = a.numel() * 2 / 1e9
         q, state = F.quantize_blockwise(a, blocksize=4096)
         rows = [

@@ -7,20 +7,13 @@
 //     LOWBIT_NUM_THREADS=2 build/bin/lowbit_bench --benchmark_filter=Hqq
 #include <benchmark/benchmark.h>
 
-#include <random>
-
+#include "bench_util.hpp"
 #include "lowbit/quant/hqq.hpp"
 
 namespace {
 
-lowbit::Tensor random_f16(std::int64_t n, std::int64_t k) {
-  lowbit::Tensor t = lowbit::Tensor::empty({n, k}, lowbit::DType::F32);
-  std::mt19937 rng(7);
-  std::normal_distribution<float> dist(0.0f, 0.02f);
-  float* p = t.data<float>();
-  for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng);
-  return t.to(lowbit::DType::F16);
-}
+// N(0, 0.02), seed 7: the matrices bench/hqq_reference.py draws.
+lowbit::Tensor random_f16(std::int64_t n, std::int64_t k) { return lowbit::bench::random_f16(n, k, 0.02f, 7); }
 
 void BM_HqqQuantize(benchmark::State& state) {
   const lowbit::Tensor w = random_f16(state.range(0), state.range(1));

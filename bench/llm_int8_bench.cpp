@@ -5,21 +5,13 @@
 //     LOWBIT_NUM_THREADS=2 build/bin/lowbit_bench --benchmark_filter=LlmInt8
 #include <benchmark/benchmark.h>
 
-#include <random>
-
+#include "bench_util.hpp"
 #include "lowbit/core/tensor.hpp"
 #include "lowbit/quant/llm_int8.hpp"
 
 namespace {
 
-lowbit::Tensor random_f16(std::int64_t n, std::int64_t k, float sigma, std::uint32_t seed) {
-  lowbit::Tensor t = lowbit::Tensor::empty({n, k}, lowbit::DType::F32);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, sigma);
-  float* p = t.data<float>();
-  for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng);
-  return t.to(lowbit::DType::F16);
-}
+using lowbit::bench::random_f16;
 
 // Bytes per second count the fp16 weight (2 bytes per element).
 void BM_LlmInt8Quantize(benchmark::State& state) {

@@ -10,36 +10,20 @@ lowbit_bench reports, and the time of a Linear8bitLt forward at m = 16 for infor
     pip install bitsandbytes torch
     python3 bench/llm_int8_reference.py [--repeat 5] [--threads 2]
 """
-import argparse
-import time
-
 import torch
 
 import bitsandbytes as bnb
 import bitsandbytes.functional as F
 
-
-def best_seconds(fn, repeat):
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from reference_common import best_seconds, fp16_weights, parse_args
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args()
     torch.manual_seed(7)
     print(f"bitsandbytes {bnb.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}; best of {args.repeat}")
-    for n, k in [(4096, 4096), (11008, 4096)]:
-        w = (torch.randn(n, k) * 0.02).to(torch.float16)
+    for n, k, w in fp16_weights():
         gb = w.numel() * 2 / 1e9
         cb, scb, _ = F.int8_vectorwise_quant(w)
         rows = [

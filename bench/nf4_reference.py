@@ -9,36 +9,21 @@ weight per second, the unit lowbit_bench reports.
     dequantize_4bit   into fp16 (the weight's dtype), bitsandbytes' C++ CPU kernel
 
     pip install bitsandbytes torch
-    python3 bench/nf4_reference.py [--repeat 5]
+    python3 bench/nf4_reference.py [--repeat 5] [--threads 2]
 """
-import argparse
-import time
-
 import torch
 
 import bitsandbytes
 import bitsandbytes.functional as F
 
-
-def best_seconds(fn, repeat):
-    fn()  # warm-up (and torch.compile, where bitsandbytes uses it)
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from reference_common import best_seconds, fp16_weights, parse_args
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--repeat", type=int, default=5)
-    args = p.parse_args()
-    torch.set_num_threads(2)
+    args = parse_args()
     print(f"bitsandbytes {bitsandbytes.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     g = torch.Generator().manual_seed(7)
-    for n, k in ((4096, 4096), (11008, 4096)):
-        w = (torch.randn(n, k, generator=g) * 0.02).to(torch.float16)
+    for n, k, w in fp16_weights(g):
         nbytes = w.numel() * 2
         for name, qt, dq in (("nf4", "nf4", False), ("nf4_dq", "nf4", True), ("fp4", "fp4", False)):
             t = best_seconds(lambda: F.quantize_4bit(w, blocksize=64, quant_type=qt, compress_statistics=dq),
