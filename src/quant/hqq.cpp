@@ -28,13 +28,13 @@
 #include <type_traits>
 
 #if defined(__x86_64__)
-#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
 #include "lowbit/core/half.hpp"
 #include "lowbit/core/parallel.hpp"
 #include "lowbit/quant/common.hpp"
+#include "f16_batch.hpp"
 
 namespace lowbit::quant {
 namespace {
@@ -80,25 +80,11 @@ __attribute__((target("avx,f16c"))) void f16_values_f16c(const float* code, cons
   }
   f16_values_portable(code + i, zero + i, scale + i, out + i, n - i);
 }
-// CPUID leaf 1, ECX: OSXSAVE (27), AVX (28), F16C (29); and the OS must save YMM state (XCR0 bits 1, 2).
-// Read directly: clang 14's __builtin_cpu_supports does not know "f16c".
-bool have_f16c() {
-  static const bool yes = [] {
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    if (__get_cpuid(1, &a, &b, &c, &d) == 0) return false;
-    const unsigned need = (1u << 27) | (1u << 28) | (1u << 29);
-    if ((c & need) != need) return false;
-    unsigned lo = 0, hi = 0;
-    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    return (lo & 6u) == 6u;
-  }();
-  return yes;
-}
 #endif
 
 void f16_values(const float* code, const float* zero, const float* scale, std::uint16_t* out, std::int64_t n) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (have_f16c()) return f16_values_f16c(code, zero, scale, out, n);
+  if (detail::have_f16c()) return f16_values_f16c(code, zero, scale, out, n);
 #endif
   f16_values_portable(code, zero, scale, out, n);
 }

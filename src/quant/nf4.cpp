@@ -7,8 +7,13 @@
 #include <cmath>
 #include <string>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "lowbit/core/parallel.hpp"
 #include "lowbit/quant/common.hpp"
+#include "f16_batch.hpp"
 
 // Every product and sum below must round on its own, as bitsandbytes' kernels do: lowbit builds in ISO C++
 // mode (no GNU extensions), where GCC and Clang do not contract a * b + c into one fused multiply-add.
@@ -401,30 +406,130 @@ QuantizedTensor quantize_nf4(const Tensor& weight, const Nf4Config& config) {
   return q;
 }
 
-Tensor dequantize_nf4_reference(const QuantizedTensor& q) {
-  validate_nf4(q, "dequantize_nf4_reference");
+namespace {
+
+// What decoding a validated NF4/FP4 tensor needs: its blocks' absmax (nested ones decoded), its packed codes
+// and the type's 16 values.
+struct Nf4Decode {
+  std::vector<float> absmax;
+  Tensor codes_tensor;
+  const std::uint8_t* codes = nullptr;
+  std::int64_t n = 0;
+  std::int64_t block_size = 0;
+  float values[16] = {};
+};
+
+Nf4Decode open_nf4_decode(const QuantizedTensor& q, std::string_view op) {
+  validate_nf4(q, op);
+  Nf4Decode d;
   const Nf4Type type = nf4_type_of(q);
-  const std::vector<float> absmax = nf4_block_absmax(q);
-  const Tensor codes_tensor = q.component("codes").contiguous();
-  const std::uint8_t* codes = codes_tensor.data<std::uint8_t>();
-  const std::int64_t n = q.shape.numel();
-  const std::int64_t block_size = q.params.block_size;
-  float table[16];
-  for (unsigned c = 0; c < 16; ++c) table[c] = nf4_type_value(type, c);
+  d.absmax = nf4_block_absmax(q);
+  d.codes_tensor = q.component("codes").contiguous();
+  d.codes = d.codes_tensor.data<std::uint8_t>();
+  d.n = q.shape.numel();
+  d.block_size = q.params.block_size;
+  for (unsigned c = 0; c < 16; ++c) d.values[c] = nf4_type_value(type, c);
+  return d;
+}
+
+}  // namespace
+
+Tensor dequantize_nf4_reference(const QuantizedTensor& q) {
+  const Nf4Decode d = open_nf4_decode(q, "dequantize_nf4_reference");
   Tensor out = Tensor::empty(q.shape, DType::F32);
   float* w = out.data<float>();
-  parallel_for(static_cast<std::int64_t>(absmax.size()), std::max<std::int64_t>(1, 65536 / block_size),
+  parallel_for(static_cast<std::int64_t>(d.absmax.size()), std::max<std::int64_t>(1, 65536 / d.block_size),
                [&](std::int64_t b0, std::int64_t b1) {
                  for (std::int64_t b = b0; b < b1; ++b) {
-                   const float a = absmax[static_cast<std::size_t>(b)];
-                   const std::int64_t end = std::min(n, (b + 1) * block_size);
-                   std::int64_t e = b * block_size;  // even: blocks start on whole bytes
+                   const float a = d.absmax[static_cast<std::size_t>(b)];
+                   const std::int64_t end = std::min(d.n, (b + 1) * d.block_size);
+                   std::int64_t e = b * d.block_size;  // even: blocks start on whole bytes
                    for (; e + 1 < end; e += 2) {
-                     const std::uint8_t byte = codes[e / 2];
-                     w[e] = table[byte >> 4] * a;
-                     w[e + 1] = table[byte & 15] * a;
+                     const std::uint8_t byte = d.codes[e / 2];
+                     w[e] = d.values[byte >> 4] * a;
+                     w[e + 1] = d.values[byte & 15] * a;
                    }
-                   if (e < end) w[e] = table[nf4_code_at(codes, e)] * a;  // odd numel: the last element
+                   if (e < end) w[e] = d.values[nf4_code_at(d.codes, e)] * a;  // odd numel: the last element
+                 }
+               });
+  return out;
+}
+
+namespace {
+
+// out[2i], out[2i + 1] = table[codes[i] >> 4], table[codes[i] & 15] for i < bytes: the 16-bit outputs of
+// `bytes` code bytes. SSSE3's PSHUFB looks up the low and the high bytes of the 16 table entries for 16
+// codes at once; the portable loop does the rest and runs where the CPU lacks it.
+void lookup_code_pairs_portable(const std::uint16_t (&table)[16], const std::uint8_t* codes, std::uint16_t* out,
+                                std::int64_t bytes) {
+  for (std::int64_t i = 0; i < bytes; ++i) {
+    out[2 * i] = table[codes[i] >> 4];
+    out[2 * i + 1] = table[codes[i] & 15];
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("ssse3"))) void lookup_code_pairs_ssse3(const std::uint16_t (&table)[16],
+                                                             const std::uint8_t* codes, std::uint16_t* out,
+                                                             std::int64_t bytes) {
+  const __m128i t0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(table));
+  const __m128i t1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(table + 8));
+  const __m128i low_byte = _mm_set1_epi16(0x00ff);
+  const __m128i lows = _mm_packus_epi16(_mm_and_si128(t0, low_byte), _mm_and_si128(t1, low_byte));
+  const __m128i highs = _mm_packus_epi16(_mm_srli_epi16(t0, 8), _mm_srli_epi16(t1, 8));
+  const __m128i nibble = _mm_set1_epi8(0x0f);
+  std::int64_t i = 0;
+  for (; i + 16 <= bytes; i += 16) {
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(c, 4), nibble);  // element 2i
+    const __m128i lo = _mm_and_si128(c, nibble);                      // element 2i + 1
+    const __m128i idx[2] = {_mm_unpacklo_epi8(hi, lo), _mm_unpackhi_epi8(hi, lo)};  // elements in order
+    for (int h = 0; h < 2; ++h) {
+      const __m128i l = _mm_shuffle_epi8(lows, idx[h]);
+      const __m128i u = _mm_shuffle_epi8(highs, idx[h]);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * i + 16 * h), _mm_unpacklo_epi8(l, u));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * i + 16 * h + 8), _mm_unpackhi_epi8(l, u));
+    }
+  }
+  lookup_code_pairs_portable(table, codes + i, out + 2 * i, bytes - i);
+}
+#endif
+
+void lookup_code_pairs(const std::uint16_t (&table)[16], const std::uint8_t* codes, std::uint16_t* out,
+                       std::int64_t bytes) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (detail::have_f16c()) return lookup_code_pairs_ssse3(table, codes, out, bytes);  // F16C implies SSSE3
+#endif
+  lookup_code_pairs_portable(table, codes, out, bytes);
+}
+
+}  // namespace
+
+Tensor dequantize_nf4(const QuantizedTensor& q, DType dtype) {
+  LOWBIT_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16, ErrorCode::InvalidArgument,
+               "dequantize_nf4: output dtype {} is not supported; valid: f32, f16, bf16", dtype_name(dtype));
+  if (dtype == DType::F32) return dequantize_nf4_reference(q);
+  const Nf4Decode d = open_nf4_decode(q, "dequantize_nf4");
+  Tensor out = Tensor::empty(q.shape, dtype);
+  auto* w = static_cast<std::uint16_t*>(out.raw_data());
+  const bool f16 = dtype == DType::F16;
+  parallel_for(static_cast<std::int64_t>(d.absmax.size()), std::max<std::int64_t>(1, 65536 / d.block_size),
+               [&](std::int64_t b0, std::int64_t b1) {
+                 float scaled[16];
+                 std::uint16_t table[16];
+                 for (std::int64_t b = b0; b < b1; ++b) {
+                   // the block's 16 outputs: fl32(T[code] * a_b) rounded once, as the reference's .to(dtype)
+                   const float a = d.absmax[static_cast<std::size_t>(b)];
+                   for (unsigned c = 0; c < 16; ++c) scaled[c] = d.values[c] * a;
+                   if (f16) {
+                     detail::f32_to_f16_batch(scaled, table, 16);
+                   } else {
+                     for (unsigned c = 0; c < 16; ++c) table[c] = f32_to_bf16_bits(scaled[c]);
+                   }
+                   const std::int64_t first = b * d.block_size;  // even: blocks start on whole bytes
+                   const std::int64_t end = std::min(d.n, first + d.block_size);
+                   lookup_code_pairs(table, d.codes + first / 2, w + first, (end - first) / 2);
+                   if ((end - first) % 2 != 0) w[end - 1] = table[nf4_code_at(d.codes, end - 1)];  // odd numel
                  }
                });
   return out;

@@ -675,6 +675,36 @@ TEST(Nf4Errors, DequantizeRejectsMalformedTensors) {
   error_message([&] { dequantize_nf4_reference(bad); }, ErrorCode::InvalidArgument);
 }
 
+// The 16-bit path equals the fp32 reference rounded once, bit for bit: both types, with and without double
+// quantization, blocks of 64 and 4096, an odd element count (the last byte half used), an all-zero row (a_b =
+// 0) and a block whose outputs overflow fp16 (inf in both).
+TEST(Nf4Dequantize, SixteenBitOutputsEqualTheReferenceRoundedOnce) {
+  std::uint64_t seed = 90;
+  for (const Nf4Type type : {Nf4Type::NF4, Nf4Type::FP4}) {
+    for (const bool dq : {false, true}) {
+      for (const int block : {64, 4096}) {
+        Tensor w = random_weight(37, 129, DType::F32, ++seed);  // 4773 elements
+        for (std::int64_t c = 0; c < 129; ++c) w.set({3, c}, 0.0);
+        w.set({20, 7}, 1e5);
+        const QuantizedTensor q = quantize_nf4(w, {type, block, dq});
+        const Tensor ref = dequantize_nf4_reference(q);
+        for (const DType dt : {DType::F16, DType::BF16, DType::F32}) {
+          SCOPED_TRACE(::testing::Message() << q.method << " dq=" << dq << " block=" << block << " " << dtype_name(dt));
+          const Tensor got = dequantize_nf4(q, dt);
+          EXPECT_EQ(got.dtype(), dt);
+          EXPECT_EQ(got.shape(), q.shape);
+          EXPECT_EQ(bytes_of(got), bytes_of(ref.to(dt)));
+        }
+      }
+    }
+  }
+  const QuantizedTensor q = quantize_nf4(random_weight(4, 64, DType::F16, 99), {});
+  EXPECT_TRUE(contains(error_message([&] { dequantize_nf4(q, DType::F64); }, ErrorCode::InvalidArgument), "f64"));
+  QuantizedTensor bad = q;
+  bad.components.erase("codes");
+  EXPECT_TRUE(contains(error_message([&] { dequantize_nf4(bad, DType::F16); }, ErrorCode::InvalidArgument), "codes"));
+}
+
 // ---- registry ----------------------------------------------------------------------------------------------
 
 TEST(Nf4Registry, MethodInfosMapParamsToConfig) {

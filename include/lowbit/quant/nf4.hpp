@@ -167,6 +167,12 @@ QuantizedTensor quantize_nf4(const Tensor& weight, const Nf4Config& config);
 // dequantize_4bit with an fp32 output (its kernels round this value once to the output dtype).
 Tensor dequantize_nf4_reference(const QuantizedTensor& q);
 
+// What bitsandbytes' dequantize_4bit returns: W_hat in `dtype` (f32, f16 or bf16), equal bit for bit to
+// dequantize_nf4_reference(q).to(dtype). For 16-bit outputs it writes them directly (a block's 16 possible
+// outputs rounded once, then one lookup per element) instead of an fp32 array and a conversion pass.
+// Same validation and errors as the reference; InvalidArgument for another dtype.
+Tensor dequantize_nf4(const QuantizedTensor& q, DType dtype);
+
 // y = x W_hat^T in fp32 ([m, n]; q must be 2-D [n, k], x [m, k]). This is bitsandbytes' path for inputs of
 // more than one row (dequantize, then a GEMM in the compute dtype, fp32 by default in transformers); its
 // batch-1 kernel (gemv_4bit) instead forms T[code] * a_b in the activation's 16-bit type, so its results
