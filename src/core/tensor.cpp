@@ -88,8 +88,6 @@ constexpr std::size_t kHugePage = std::size_t{2} << 20;
 constexpr std::size_t kHugePageThreshold = std::size_t{4} << 20;
 
 std::shared_ptr<Storage> Storage::allocate_host(std::size_t nbytes) {
-  LOWBIT_CHECK(nbytes <= std::numeric_limits<std::size_t>::max() - kHostAlignment, ErrorCode::OutOfMemory,
-               "allocate_host: cannot allocate {} bytes", nbytes);
   // Large buffers sit on 2 MiB boundaries and ask for transparent huge pages: a fresh 32 MiB weight then costs
   // 16 page faults instead of 8192, which otherwise dominate writing it (the kernel zeroes each 4 KiB page on
   // first touch). Smaller ones keep the plain alignment.
